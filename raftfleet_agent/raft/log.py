@@ -1,0 +1,142 @@
+"""A replica's log in memory: the entries after its latest snapshot.
+
+No I/O. The host persists what `take_unstable` hands out and reports back
+with `mark_persisted`; the log remembers which prefix is known durable so the
+leader only counts durable entries of its own toward a quorum.
+
+Index arithmetic: entries[k] has index `offset + 1 + k`; `offset` is the
+snapshot's index (0 for none) and `offset_term` its term.
+"""
+
+from __future__ import annotations
+
+from raftfleet_agent.raft.errors import SafetyViolation
+from raftfleet_agent.raft.types import Entry
+
+
+class RaftLog:
+    __slots__ = ("_min_truncated", "entries", "offset", "offset_term", "persisted", "unstable_from")
+
+    def __init__(self, offset: int = 0, offset_term: int = 0, entries: tuple[Entry, ...] = ()):
+        self.offset = offset
+        self.offset_term = offset_term
+        self.entries: list[Entry] = list(entries)
+        # Invariant: offset <= persisted <= last_index; entries up to `persisted` are durable.
+        self.persisted = self.last_index
+        # Entries with index >= unstable_from were not yet handed to the host.
+        self.unstable_from = self.last_index + 1
+        # Lowest index truncated since the last take_unstable (None: no truncation).
+        self._min_truncated: int | None = None
+
+    @property
+    def first_index(self) -> int:
+        return self.offset + 1
+
+    @property
+    def last_index(self) -> int:
+        return self.offset + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.offset_term
+
+    def term_at(self, index: int) -> int | None:
+        """The term of the entry at `index`; None if compacted away (below offset) or absent."""
+        if index == self.offset:
+            return self.offset_term
+        k = index - self.offset - 1
+        if 0 <= k < len(self.entries):
+            return self.entries[k].term
+        return None
+
+    def entry(self, index: int) -> Entry:
+        return self.entries[index - self.offset - 1]
+
+    def slice(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with lo <= index < hi (lo must be >= first_index)."""
+        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
+
+    def matches(self, index: int, term: int) -> bool:
+        return self.term_at(index) == term
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Would a candidate with this log be at least as up to date as ours (§5.4.1)?"""
+        return last_term > self.last_term or (
+            last_term == self.last_term and last_index >= self.last_index
+        )
+
+    def append(self, entry: Entry) -> None:
+        assert entry.index == self.last_index + 1, (entry.index, self.last_index)
+        self.entries.append(entry)
+
+    def merge(self, entries: tuple[Entry, ...], committed: int) -> int | None:
+        """Append a leader's entries that follow a matching prev entry.
+
+        Truncates only at the first real conflict (same index, other term): a
+        duplicated or delayed append must never erase entries that follow the
+        ones it carries. Returns the index where the log was truncated, if it was.
+        """
+        for k, e in enumerate(entries):
+            t = self.term_at(e.index)
+            if t == e.term:
+                continue
+            if t is None and e.index <= self.offset:
+                continue  # already compacted into our snapshot, hence committed and equal
+            if t is not None:
+                if e.index <= committed:
+                    raise SafetyViolation(f"conflict at committed index {e.index}")
+                self.truncate_from(e.index)
+            self.entries.extend(entries[k:])
+            return e.index if t is not None else None
+        return None
+
+    def truncate_from(self, index: int) -> None:
+        """Drop every entry with index >= `index`."""
+        assert index > self.offset
+        del self.entries[index - self.offset - 1 :]
+        self.persisted = min(self.persisted, index - 1)
+        self.unstable_from = min(self.unstable_from, index)
+        if self._min_truncated is None or index < self._min_truncated:
+            self._min_truncated = index
+
+    def take_unstable(self) -> tuple[tuple[Entry, ...], int | None]:
+        """Entries the host has not persisted yet, and a token for `mark_persisted`."""
+        entries = tuple(self.slice(self.unstable_from, self.last_index + 1))
+        self.unstable_from = self.last_index + 1
+        self._min_truncated = None
+        return entries, (entries[-1].index if entries else None)
+
+    def mark_persisted(self, last: int | None) -> None:
+        """The host made the entries handed out up to `last` durable.
+
+        A truncation since then removed some of them: only the prefix below
+        the truncation point is both durable and still ours.
+        """
+        if last is None:
+            return
+        if self._min_truncated is not None:
+            last = min(last, self._min_truncated - 1)
+        self.persisted = max(self.persisted, min(last, self.last_index))
+
+    def compact(self, index: int, term: int) -> None:
+        """Forget entries up to `index`, now covered by a snapshot."""
+        if index <= self.offset:
+            return
+        if index >= self.last_index:
+            self.entries = []
+        else:
+            del self.entries[: index - self.offset]
+        self.offset, self.offset_term = index, term
+        self.persisted = max(self.persisted, index)
+        self.unstable_from = max(self.unstable_from, index + 1)
+
+    def restore(self, index: int, term: int) -> None:
+        """Install a snapshot at (index, term): keep a matching suffix, else drop everything."""
+        if self.term_at(index) == term and index >= self.offset:
+            self.compact(index, term)
+            return
+        self.entries = []
+        self.offset, self.offset_term = index, term
+        self.persisted = index
+        self.unstable_from = index + 1
+        self._min_truncated = None

@@ -1,0 +1,34 @@
+"""Quorum arithmetic. Pure functions over a group's voters; nothing else imported."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from raftfleet_agent.raft.types import ReplicaId
+
+
+def quorum_size(n_voters: int) -> int:
+    return n_voters // 2 + 1
+
+
+def committed_index(voters: Iterable[ReplicaId], match: Mapping[ReplicaId, int]) -> int:
+    """The highest index held by a majority of `voters` (0 if there are none).
+
+    Sorting descending, the quorum-th value is held by at least a quorum.
+    """
+    values = sorted((match.get(v, 0) for v in voters), reverse=True)
+    if not values:
+        return 0
+    return values[quorum_size(len(values)) - 1]
+
+
+def vote_result(voters: frozenset[ReplicaId], granted: Mapping[ReplicaId, bool]) -> bool | None:
+    """True once a majority granted, False once a majority can no longer be reached, else None."""
+    yes = sum(1 for v in voters if granted.get(v) is True)
+    no = sum(1 for v in voters if granted.get(v) is False)
+    q = quorum_size(len(voters))
+    if yes >= q:
+        return True
+    if len(voters) - no < q:
+        return False
+    return None

@@ -1,0 +1,46 @@
+"""The `Ready` contract: what a replica needs its host to do, and in which order.
+
+A host handles a Ready in this order, then calls `member.advance(ready)`:
+
+1. Persist, in one durable write (it may share a commit with other groups):
+   `snapshot` (store it, delete the log up to its index), `compacted`
+   (same), `entries` (delete stored entries from `entries[0].index` on, then
+   append), `hard_state`.
+   `early_messages` may be sent before or while this happens: they are a
+   leader's appends, heartbeats and snapshot chunks, which depend on no
+   unpersisted state of this replica.
+2. Only after the write is durable, send `messages` (votes and append
+   acknowledgements promise that something is on disk).
+3. If `snapshot` is set, restore the state machine from it, then apply
+   `committed` in order. Answer each of `reads` once the state machine has
+   applied `ReadState.index`; fail each of `failed_reads` (not the leader).
+4. If `removed`, this replica was removed from its group: stop it.
+
+`ready()` raises if called again before `advance()`; inputs (`tick`, `step`,
+`propose`, ...) may arrive in between and go into the next Ready.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from raftfleet_agent.raft.messages import Message
+from raftfleet_agent.raft.types import Entry, HardState, ReadState, Snapshot
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class Ready:
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    snapshot: Snapshot | None = None  # received from the leader: persist, then restore from it
+    compacted: Snapshot | None = None  # taken locally (`compact`): persist only
+    early_messages: tuple[Message, ...] = ()
+    messages: tuple[Message, ...] = ()
+    committed: tuple[Entry, ...] = ()
+    reads: tuple[ReadState, ...] = ()
+    failed_reads: tuple[object, ...] = ()
+    removed: bool = False
+
+    @property
+    def must_persist(self) -> bool:
+        return bool(self.hard_state or self.entries or self.snapshot or self.compacted)
