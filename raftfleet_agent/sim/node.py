@@ -1,0 +1,182 @@
+"""A simulated host for one replica: its disk, its state machine, its Ready loop.
+
+The disk keeps only what a Ready handed over and the host persisted; a crash
+loses the Ready in progress (whose early messages may already be out) and
+everything in memory, exactly as a kill -9 would.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import attrs
+import msgpack
+
+from raftfleet_agent.raft.member import RaftMember, RaftOptions
+from raftfleet_agent.raft.messages import Message
+from raftfleet_agent.raft.ready import Ready
+from raftfleet_agent.raft.types import Entry, EntryKind, HardState, ReadState, ReplicaId, Snapshot
+
+
+@attrs.define
+class Disk:
+    hard_state: HardState = attrs.Factory(HardState)
+    snapshot: Snapshot | None = None
+    entries: list[Entry] = attrs.Factory(list)
+
+    def persist(self, rd: Ready) -> None:
+        for snap in (rd.snapshot, rd.compacted):
+            if snap is not None and (
+                self.snapshot is None or snap.meta.index >= self.snapshot.meta.index
+            ):
+                self.snapshot = snap
+                self.entries = [e for e in self.entries if e.index > snap.meta.index]
+        if rd.entries:
+            first = rd.entries[0].index
+            self.entries = [e for e in self.entries if e.index < first]
+            self.entries.extend(rd.entries)
+        if rd.hard_state is not None:
+            self.hard_state = rd.hard_state
+
+
+class CounterMachine:
+    """The seed's counter with exactly-once commands: the state includes the dedup table.
+
+    A command is `[client, seq, op]` with op "inc" or ["set", n]; a retried
+    (client, seq) returns the first reply without applying again.
+    """
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.replies: dict[tuple[str, int], int] = {}
+        self.applied = 0
+
+    def apply(self, entry: Entry) -> tuple[int | None, bool]:
+        """(reply, whether it took effect) for a command; (None, False) otherwise."""
+        self.applied = entry.index
+        if entry.kind is not EntryKind.NORMAL:
+            return None, False
+        client, seq, op = entry.data  # type: ignore[misc]
+        key = (client, seq)
+        if key in self.replies:
+            return self.replies[key], False
+        old = self.value
+        self.value = old + 1 if op == "inc" else op[1]
+        self.replies[key] = old
+        return old, True
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([self.value, [[c, s, r] for (c, s), r in self.replies.items()]])
+
+    def restore(self, data: bytes, index: int) -> None:
+        self.value, self.replies = 0, {}
+        if data:
+            self.value, rows = msgpack.unpackb(data)
+            self.replies = {(c, s): r for c, s, r in rows}
+        self.applied = index
+
+
+@attrs.define
+class PendingRead:
+    state: ReadState
+    client: int
+
+
+class SimNode:
+    """Host behaviour around one RaftMember, with hooks the checker observes."""
+
+    def __init__(
+        self,
+        replica: ReplicaId,
+        *,
+        factory: Callable[..., RaftMember],
+        options: RaftOptions,
+        seed: int,
+        on_apply: Callable[[SimNode, Entry, int | None, bool], None],
+        on_read: Callable[[SimNode, PendingRead], None],
+        send: Callable[[Message], None],
+        compact_every: int,
+    ) -> None:
+        self.id = replica
+        self.factory = factory
+        self.options = options
+        self.rng = random.Random(seed)
+        self.disk = Disk()
+        self.member: RaftMember | None = None
+        self.sm = CounterMachine()
+        self.inflight: Ready | None = None
+        self.reads: list[PendingRead] = []
+        self.on_apply = on_apply
+        self.on_read = on_read
+        self.send = send
+        self.compact_every = compact_every
+        self.skip_tick_until = 0
+        self.gone = False  # removed from the group and stopped for good
+
+    @property
+    def alive(self) -> bool:
+        return self.member is not None
+
+    def start(self, member: RaftMember) -> None:
+        self.member = member
+
+    def crash(self) -> None:
+        self.member = None
+        self.inflight = None
+        self.reads = []
+
+    def restart(self) -> None:
+        d = self.disk
+        self.sm = CounterMachine()
+        if d.snapshot is not None:
+            self.sm.restore(d.snapshot.data, d.snapshot.meta.index)
+        self.member = self.factory(
+            self.id,
+            options=self.options,
+            rng=random.Random(self.rng.random()),
+            hard_state=d.hard_state,
+            snapshot=d.snapshot,
+            entries=tuple(d.entries),
+        )
+
+    def begin_ready(self) -> bool:
+        """Take a Ready; its early messages leave at once, the rest waits for the disk."""
+        m = self.member
+        if m is None or self.inflight is not None or not m.has_ready():
+            return False
+        rd = m.ready()
+        for msg in rd.early_messages:
+            self.send(msg)
+        self.inflight = rd
+        return True
+
+    def finish_ready(self) -> None:
+        """The disk write completed: send, apply, answer, advance."""
+        rd, m = self.inflight, self.member
+        if rd is None or m is None:
+            return
+        self.inflight = None
+        self.disk.persist(rd)
+        for msg in rd.messages:
+            self.send(msg)
+        if rd.snapshot is not None:
+            self.sm.restore(rd.snapshot.data, rd.snapshot.meta.index)
+        for e in rd.committed:
+            reply, effective = self.sm.apply(e)
+            self.on_apply(self, e, reply, effective)
+        self.reads.extend(PendingRead(r, r.ctx) for r in rd.reads)  # type: ignore[arg-type]
+        m.advance(rd)
+        self._answer_reads()
+        if rd.removed:
+            self.gone = True
+            self.member = None
+            return
+        if self.sm.applied - m.log.offset >= self.compact_every:
+            m.compact(self.sm.applied, self.sm.snapshot())
+
+    def _answer_reads(self) -> None:
+        ready = [r for r in self.reads if r.state.index <= self.sm.applied]
+        self.reads = [r for r in self.reads if r.state.index > self.sm.applied]
+        for r in ready:
+            self.on_read(self, r)
