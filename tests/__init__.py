@@ -1,0 +1,1 @@
+"""Test suite package (lets shared helpers such as tests.lincheck be imported)."""

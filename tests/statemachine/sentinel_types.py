@@ -1,0 +1,5 @@
+"""Never imported except by a test that checks invalid names import nothing."""
+
+
+class T:
+    pass
