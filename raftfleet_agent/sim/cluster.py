@@ -66,6 +66,8 @@ class Faults:
     membership_p: float
     transfer_p: float
     persist_p: float  # chance a pending disk write completes in a given step
+    flap_p: float  # chance a new leader crashes within a few ticks of winning
+    isolate_p: float  # chance a new leader is cut off from everyone as it wins
 
     @classmethod
     def draw(cls, rng: random.Random) -> Faults:
@@ -78,6 +80,8 @@ class Faults:
             membership_p=rng.choice([0.0, 0.005, 0.02]),
             transfer_p=rng.choice([0.0, 0.005, 0.02]),
             persist_p=rng.choice([1.0, 0.7, 0.4]),
+            flap_p=rng.choice([0.0, 0.0, 0.2, 0.5]),
+            isolate_p=rng.choice([0.0, 0.0, 0.1, 0.3]),
         )
 
 
@@ -103,6 +107,9 @@ class Simulation:
             max_append_entries=self.rng.choice([1, 2, 8, 64]),
             max_inflight=self.rng.choice([1, 4, 16]),
             snapshot_chunk_bytes=self.rng.choice([16, 64, 4096]),
+            # Safety must not depend on the availability features: some runs go without.
+            pre_vote=self.rng.random() < 0.75,
+            check_quorum=self.rng.random() < 0.75,
         )
         self.faults = faults or Faults.draw(self.rng)
         self.net = SimNetwork(self.rng)
@@ -119,6 +126,7 @@ class Simulation:
         self.fault_count = 0
         self._roles: dict[ReplicaId, tuple[Role, int]] = {}
         self._commits: dict[ReplicaId, int] = {}
+        self._flaps: dict[ReplicaId, int] = {}  # leader -> tick it will crash at
         n = voters or self.rng.choice([1, 3, 3, 5])
         ids = [self._new_node() for _ in range(n)]
         cfg = Config(frozenset(ids))
@@ -197,6 +205,15 @@ class Simulation:
                 self.elections += 1
                 self.log(f"{mem.id} leads term {mem.term}")
                 self.check.became_leader(mem)
+                if self.rng.random() < self.faults.flap_p:
+                    # Flapping leaders leave half-replicated logs of several terms
+                    # behind: the ground where Figure 8 bugs live.
+                    self._flaps[mem.id] = self.now + self.rng.randint(0, 12)
+                elif self.rng.random() < self.faults.isolate_p:
+                    # Its first appends (the no-op of its term) are lost in flight.
+                    others = {r.agent for r in self.nodes} - {mem.id.agent}
+                    self.net.partition({mem.id.agent}, others)
+                    self.log(f"isolate new leader {mem.id}")
             self._roles[mem.id] = (mem.role, mem.term)
         if self.now % 5 == 0:
             for i, a in enumerate(members):
@@ -212,12 +229,12 @@ class Simulation:
             # Leaders half the time: their crashes leave the most partial replication behind.
             lead = self._leader()
             victim = self.nodes[lead.id] if lead and rng.random() < 0.5 else rng.choice(live)
-            victim.crash()
-            self.crashed_at[victim.id] = self.now
-            self._commits.pop(victim.id, None)
-            self._roles.pop(victim.id, None)
-            self.fault_count += 1
-            self.log(f"crash {victim.id}")
+            self._crash(victim)
+        for rid, at in list(self._flaps.items()):
+            if self.now >= at:
+                del self._flaps[rid]
+                if self.nodes[rid].member is not None:
+                    self._crash(self.nodes[rid])
         for rid, since in list(self.crashed_at.items()):
             if self.now - since > 2 and rng.random() < 0.04:
                 self._restart(rid)
@@ -230,6 +247,14 @@ class Simulation:
             self._change_membership()
         if rng.random() < f.transfer_p:
             self._transfer()
+
+    def _crash(self, victim: SimNode) -> None:
+        victim.crash()
+        self.crashed_at[victim.id] = self.now
+        self._commits.pop(victim.id, None)
+        self._roles.pop(victim.id, None)
+        self.fault_count += 1
+        self.log(f"crash {victim.id}")
 
     def _restart(self, rid: ReplicaId) -> None:
         del self.crashed_at[rid]

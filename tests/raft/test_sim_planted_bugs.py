@@ -98,7 +98,7 @@ def _find_violation(factory: type[RaftMember], seeds: int, steps: int) -> str | 
     ("bug", "seeds"),
     [
         (VotesTwice, 300),
-        (CommitsOldTerms, 300),
+        (CommitsOldTerms, 600),
         (IgnoresLogInVotes, 300),
         (AppliesBeforeCommit, 300),
         (TruncatesOnDuplicates, 300),
