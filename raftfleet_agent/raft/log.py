@@ -139,4 +139,7 @@ class RaftLog:
         self.offset, self.offset_term = index, term
         self.persisted = index
         self.unstable_from = index + 1
-        self._min_truncated = None
+        # Entries above `index` that the host may still be writing (handed out
+        # before this restore) are not ours any more: like a truncation at
+        # index + 1, a later mark_persisted must not count them as durable.
+        self._min_truncated = index + 1

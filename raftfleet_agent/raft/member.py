@@ -729,6 +729,11 @@ class RaftMember:
                 pr.become_replicate()
             self._maybe_commit()
             self._maybe_send_timeout_now(msg.frm, pr)
+        elif pr.state is ProgressState.PROBE and msg.index == pr.match:
+            # The probe was answered at the match we already know (e.g. right
+            # after a snapshot): the follower is in sync. Without this it stays
+            # in PROBE, and every heartbeat answer triggers another empty probe.
+            pr.become_replicate()
         if pr.match < self.log.last_index:
             self._replicate_dirty = True
 
