@@ -1,0 +1,256 @@
+"""The agent: wires the store, the multi-raft host, the peer transport, the
+router and the control server together, and runs them under one nursery.
+
+Start order (each `serve_*` reports started before the next): store and
+recovery, peer listener, multi-raft loop, control socket; then READY=1.
+Stop (SIGTERM/SIGINT): STOPPING=1, hand leaderships to other replicas within
+`shutdown_budget_s`, cancel everything, let the store finish its commit,
+remove the control socket (the control server does), exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import signal
+import uuid
+from functools import partial
+
+import trio
+
+from raftfleet_agent import sdnotify
+from raftfleet_agent.config import AgentConfig
+from raftfleet_agent.control.protocol import ControlError
+from raftfleet_agent.control.server import ControlServer
+from raftfleet_agent.fleet.router import RouteError, Router
+from raftfleet_agent.host import wire
+from raftfleet_agent.host.loop import MultiRaftHost
+from raftfleet_agent.host.rpc import PeerRpc, RpcError
+from raftfleet_agent.identity import IdentityFile, in_memory_identity, open_identity
+from raftfleet_agent.ops import AgentOps
+from raftfleet_agent.peers import PeerDirectory, probe, split_addr
+from raftfleet_agent.raft.member import RaftOptions
+from raftfleet_agent.storage import LogStore, open_store
+from raftfleet_agent.transport import LocalIdentity, PeerTransport
+
+logger = logging.getLogger("raftfleet.agent")
+
+JOIN_BACKOFF_MAX_S = 10.0
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.identity: IdentityFile = self._open_identity()
+        self.store: LogStore = open_store(config.data_dir, config.in_memory)
+        self.peers = PeerDirectory(
+            None if config.in_memory else os.path.join(config.data_dir, "peers.json")
+        )
+        opts = RaftOptions(
+            election_ticks=config.election_ticks,
+            heartbeat_ticks=config.heartbeat_ticks,
+            lease_drift_ticks=max(1, config.election_ticks // 5),
+        )
+        self.host = MultiRaftHost(
+            agent=config.name,
+            store=self.store,
+            send_frame=self._send_frame,
+            options=opts,
+            tick_interval_s=config.tick_interval_s,
+            snapshot_every=config.snapshot_every_entries,
+        )
+        self.transport = PeerTransport(
+            name=config.name,
+            cluster=self.identity.cluster_id,
+            secret=config.cluster_secret,
+            on_frame=self._on_frame,
+            on_peer_state=self._on_peer_state,
+        )
+        self.rpc: PeerRpc | None = None
+        self.router: Router | None = None
+        self.ops: AgentOps | None = None
+        self._stopping = False
+
+    def _open_identity(self) -> IdentityFile:
+        c = self.config
+        if c.in_memory:
+            ident = in_memory_identity(c.name)
+        else:
+            os.makedirs(c.data_dir, exist_ok=True)
+            ident = open_identity(c.data_dir, c.name)
+        if ident.cluster_id is None and not c.join:
+            # The first agent of a new cluster names it; joiners learn the id.
+            ident.set_cluster_id(uuid.uuid4().hex)
+        return ident
+
+    # ------------------------------------------------------------ frames
+
+    def _send_frame(self, peer: str, frame: object) -> bool:
+        return self.transport.send(peer, frame)
+
+    def _on_frame(self, peer: str, frame: object) -> None:
+        # Raising here makes the transport drop this peer's connection (bad frames).
+        kind, rest = wire.split(frame)
+        if kind == wire.RAFT:
+            self.host.deliver(peer, wire.decode_raft(rest[0]))
+        elif self.rpc is not None:
+            if kind == wire.CALL:
+                self.rpc.on_call(peer, rest)
+            else:
+                self.rpc.on_answer(rest)
+
+    def _on_peer_state(self, peer: str, connected: bool) -> None:
+        logger.info("peer %s %s", peer, "connected" if connected else "disconnected")
+        if connected and self.ops is not None:
+            self.ops.greet(peer)
+
+    # ------------------------------------------------------------ life cycle
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        c = self.config
+        recovered = await trio.to_thread.run_sync(self.host.recover)
+        logger.info(
+            "recovered %d replicas from %s", recovered, "memory" if c.in_memory else c.data_dir
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self.rpc = PeerRpc(self._send_frame, nursery)
+                self.router = Router(self.host, self.rpc, self.connected_peers)
+                self.ops = AgentOps(self)
+                self.ops.register_peer_calls(self.rpc)
+                for name, addr in self.peers.addresses.items():
+                    if name != c.name:
+                        self.transport.set_peer_address(name, *split_addr(addr))
+                await nursery.start(self.transport.serve, c.listen.host, c.listen.port)
+                await nursery.start(self.host.run)
+                server = ControlServer(self.ops)
+                await nursery.start(server.serve_unix, c.control_socket)
+                if c.control_listen is not None and c.control_token is not None:
+                    await nursery.start(
+                        server.serve_tcp,
+                        c.control_listen.host,
+                        c.control_listen.port,
+                        c.control_token,
+                    )
+                for hp in c.join:
+                    nursery.start_soon(self._join_loop, hp.host, hp.port)
+                nursery.start_soon(self._signals, nursery.cancel_scope)
+                interval = sdnotify.watchdog_interval_s()
+                if interval is not None:
+                    nursery.start_soon(sdnotify.serve_watchdog, interval)
+                sdnotify.ready()
+                logger.info(
+                    "agent %s ready: peers on %s, control on %s",
+                    c.name,
+                    c.advertise,
+                    c.control_socket,
+                )
+                task_status.started()
+        finally:
+            await trio.to_thread.run_sync(self.store.close)
+
+    async def _signals(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+            async for sig in sigs:
+                if sig == signal.SIGHUP:
+                    self._reload_log_level()
+                    continue
+                logger.info("received %s: shutting down", signal.Signals(sig).name)
+                sdnotify.stopping()
+                await self._hand_over_leaderships()
+                scope.cancel()
+                return
+
+    def _reload_log_level(self) -> None:
+        from raftfleet_agent.config import load_config
+
+        try:
+            level = load_config({}, os.environ, self.config.config_file).log_level
+        except Exception as e:  # a broken file on reload keeps the old level
+            logger.warning("SIGHUP: keeping log level %s: %s", self.config.log_level, e)
+            return
+        logging.getLogger().setLevel(level.upper())
+        logger.info("SIGHUP: log level is now %s", level)
+
+    async def _hand_over_leaderships(self) -> None:
+        """Transfer every leadership to a caught-up replica elsewhere, within the budget."""
+        self._stopping = True
+        with trio.move_on_after(self.config.shutdown_budget_s):
+            for _ in range(3):
+                moved = 0
+                for r in list(self.host.replicas.values()):
+                    m = r.member
+                    if not m.is_leader:
+                        continue
+                    others = sorted(
+                        (pr.match, rid) for rid, pr in m.progress.items() if rid in m.config.voters
+                    )
+                    if others:
+                        try:
+                            self.host.transfer_leadership(r.group, others[-1][1])
+                            moved += 1
+                        except Exception as e:
+                            logger.debug("%s: no transfer: %s", r.group, e)
+                if not moved:
+                    return
+                await trio.sleep(self.config.election_timeout_s / 2)
+
+    async def _join_loop(self, host: str, port: int) -> None:
+        """Keep trying an address until it answers, then remember who is there."""
+        delay = 0.1
+        me = LocalIdentity(
+            name=self.config.name, cluster=self.transport.cluster, secret=self.config.cluster_secret
+        )
+        while True:
+            try:
+                peer = await probe(host, port, me)
+                self.learn_peer(peer.name, f"{host}:{port}", peer.cluster)
+                return
+            except Exception as e:
+                logger.info("join %s:%d: %s (retrying in %.1f s)", host, port, e, delay)
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(JOIN_BACKOFF_MAX_S, delay * 2)
+
+    async def join(self, address: str) -> str:
+        host, port = split_addr(address)
+        me = LocalIdentity(
+            name=self.config.name, cluster=self.transport.cluster, secret=self.config.cluster_secret
+        )
+        peer = await probe(host, port, me)
+        self.learn_peer(peer.name, address, peer.cluster)
+        return peer.name
+
+    def learn_peer(self, name: str, addr: str, cluster: str | None = None) -> None:
+        if name == self.config.name:
+            return
+        if cluster and self.identity.cluster_id is None:
+            self.identity.set_cluster_id(cluster)
+        if self.peers.learn(name, addr) or not self.transport.is_connected(name):
+            self.transport.set_peer_address(name, *split_addr(addr))
+
+    def connected_peers(self) -> list[str]:
+        return sorted(n for n in self.peers.addresses if self.transport.is_connected(n))
+
+    def new_replica_id_n(self) -> int:
+        # Random 62-bit replica numbers: a replica re-created anywhere never
+        # reuses an id that may have voted before.
+        return secrets.randbits(62)
+
+
+def to_control_error(e: BaseException) -> ControlError:
+    if isinstance(e, ControlError):
+        return e
+    if isinstance(e, RouteError | RpcError):
+        return ControlError(e.code, str(e), e.details or None)
+    return ControlError("internal", f"{type(e).__name__}: {e}")
+
+
+async def run_agent(config: AgentConfig) -> None:
+    agent = Agent(config)
+    await agent.run()
+
+
+def serve(config: AgentConfig) -> None:
+    trio.run(partial(run_agent, config))

@@ -1,0 +1,392 @@
+"""The multi-raft loop: one ticker and one store commit per turn for every group.
+
+Each turn:
+1. tick every replica if the tick is due (one ticker for all groups, never a
+   timer task per group);
+2. finish the turns whose store commit became durable: send the messages that
+   promise durability (votes, append acknowledgements), restore snapshots,
+   apply committed entries, answer waiting clients, `advance()`;
+3. gather a `Ready` from every replica with work, send their early messages
+   (a leader's appends go out while its own fsync runs) and hand all of their
+   writes to the store as ONE batch (one transaction, one fsync);
+4. send everything queued, one frame per peer agent: every group's heartbeats
+   and appends to that peer travel together.
+Turns pipeline: while one batch is being made durable the next turn already
+gathers the replicas that are not waiting for the disk.
+
+Cancellation: `run` stops the ticker and the loop; batches already handed to
+the store still complete (the store finishes them on close).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable
+from functools import partial
+
+import attrs
+import trio
+
+from raftfleet_agent.host import wire
+from raftfleet_agent.host.replica import LostLeadership, Replica, ReplicaGone, ReplicaMeta, Waiter
+from raftfleet_agent.raft.member import RaftMember, RaftOptions
+from raftfleet_agent.raft.messages import Message
+from raftfleet_agent.raft.ready import Ready
+from raftfleet_agent.raft.types import Config, ReplicaId
+from raftfleet_agent.statemachine import Applier, ApplyResult, encode_command
+from raftfleet_agent.storage.api import GroupWrite, LogStore, WriteBatch
+
+logger = logging.getLogger("raftfleet.host")
+
+
+class UnknownGroup(Exception):
+    code = "unknown_group"
+
+
+class ReplicaExists(Exception):
+    code = "already_exists"
+
+
+@attrs.frozen
+class HostStatistics:
+    replicas: int
+    leaders: int
+    turns: int
+    store_batches: int
+    entries_written: int
+    messages_sent: int
+    messages_received: int
+    messages_dropped: int
+    batches_in_flight: int
+
+
+@attrs.define
+class _Turn:
+    readys: list[tuple[Replica, Ready]]
+    extra: list[Waiter]
+
+
+class MultiRaftHost:
+    def __init__(
+        self,
+        *,
+        agent: str,
+        store: LogStore,
+        send_frame: Callable[[str, object], bool],
+        options: RaftOptions,
+        tick_interval_s: float = 0.1,
+        snapshot_every: int = 10_000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.agent = agent
+        self.store = store
+        self._send_frame = send_frame
+        self.options = options
+        self.tick_interval_s = tick_interval_s
+        self.snapshot_every = snapshot_every
+        self.rng = rng or random.Random()
+        self.replicas: dict[str, Replica] = {}
+        self._dirty: set[str] = set()
+        self._wake = trio.Event()
+        self._tick_due = False
+        self._durable: deque[tuple[_Turn, BaseException | None]] = deque()
+        self._extra: list[tuple[GroupWrite, Waiter]] = []
+        self._out: dict[str, list[tuple[str, Message]]] = defaultdict(list)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._in_flight = 0
+        self._turns = self._batches = self._entries = 0
+        self._sent = self._received = self._dropped = 0
+        self.on_leader_change: Callable[[str, ReplicaId | None], None] | None = None
+
+    # ------------------------------------------------------------ start
+
+    def recover(self) -> int:
+        """Rebuild every replica the store holds; returns how many."""
+        for rec in self.store.load():
+            if rec.meta is None:
+                logger.warning("group %s has rows but no metadata; skipping it", rec.group)
+                continue
+            meta = ReplicaMeta.decode(rec.meta)
+            applier = Applier(meta.data_type)
+            if rec.snapshot is not None and rec.snapshot.data:
+                applier.restore(rec.snapshot.data)
+            member = RaftMember(
+                meta.replica,
+                options=self.options,
+                rng=random.Random(self.rng.random()),
+                hard_state=rec.hard_state,
+                snapshot=rec.snapshot,
+                entries=rec.entries,
+            )
+            self.replicas[rec.group] = Replica(rec.group, member, applier, meta.data_type)
+            self._dirty.add(rec.group)
+        return len(self.replicas)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the ticker and the loop until cancelled; raises if the store failed."""
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            task_status.started()
+            await self._loop()
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_interval_s)
+            self._tick_due = True
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._turn()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # ------------------------------------------------------------ one turn
+
+    def _turn(self) -> None:
+        self._turns += 1
+        if self._tick_due:
+            self._tick_due = False
+            for r in self.replicas.values():
+                r.member.tick()
+            self._dirty.update(self.replicas)
+        while self._durable:
+            turn, err = self._durable.popleft()
+            if err is not None:
+                # Never retry a failed fsync, never acknowledge what is not durable.
+                raise err
+            self._finish(turn)
+        self._gather()
+        self._flush_out()
+
+    def _gather(self) -> None:
+        readys: list[tuple[Replica, Ready]] = []
+        writes: list[GroupWrite] = []
+        extra = self._extra
+        self._extra = []
+        writes.extend(w for w, _ in extra)
+        for g in self._dirty:
+            r = self.replicas.get(g)
+            if r is None or not r.member.has_ready():
+                continue
+            rd = r.member.ready()
+            readys.append((r, rd))
+            self._queue(r.group, rd.early_messages)
+            writes.extend(self._writes_of(g, rd))
+        self._dirty.clear()
+        if not readys and not extra:
+            return
+        turn = _Turn(readys, [w for _, w in extra])
+        if not writes:
+            self._finish(turn)  # nothing to persist: no need to wait for the disk
+            return
+        self._in_flight += 1
+        self._batches += 1
+        batch = WriteBatch(tuple(writes))
+        self._entries += batch.entry_count
+        self.store.submit(batch, partial(self._on_durable_thread, turn))
+
+    @staticmethod
+    def _writes_of(group: str, rd: Ready) -> list[GroupWrite]:
+        if not rd.must_persist:
+            return []
+        snaps = sorted(
+            (s for s in (rd.snapshot, rd.compacted) if s is not None), key=lambda s: s.meta.index
+        )
+        out = [GroupWrite(group=group, snapshot=s) for s in snaps[:-1]]
+        out.append(
+            GroupWrite(
+                group=group,
+                entries=rd.entries,
+                hard_state=rd.hard_state,
+                snapshot=snaps[-1] if snaps else None,
+            )
+        )
+        return out
+
+    def _on_durable_thread(self, turn: _Turn, err: BaseException | None) -> None:
+        # Called on the store's writer thread (or inline for the memory store).
+        assert self._token is not None
+        self._token.run_sync_soon(self._on_durable, turn, err)
+
+    def _on_durable(self, turn: _Turn, err: BaseException | None) -> None:
+        self._in_flight -= 1
+        self._durable.append((turn, err))
+        self._wake.set()
+
+    def _finish(self, turn: _Turn) -> None:
+        for r, rd in turn.readys:
+            if r.stopped:
+                continue
+            self._queue(r.group, rd.messages)
+            self._apply(r, rd)
+            self._dirty.add(r.group)
+        for w in turn.extra:
+            w.resolve(True)
+
+    def _apply(self, r: Replica, rd: Ready) -> None:
+        was_leader = r.member.leader
+        if rd.snapshot is not None:
+            r.applier = Applier(r.meta.data_type)
+            if rd.snapshot.data:
+                r.applier.restore(rd.snapshot.data)
+        for e in rd.committed:
+            r.apply(e)
+        for rs in rd.reads:
+            r.read_ready(rs.ctx, rs.index)
+        for ctx in rd.failed_reads:
+            r.read_failed(ctx)
+        r.member.advance(rd)
+        r.answer_reads()
+        if rd.removed:
+            self._drop(r, "this replica was removed from the group")
+            return
+        if r.applier.applied_index - r.member.log.offset >= self.snapshot_every:
+            r.member.compact(r.applier.applied_index, r.applier.snapshot())
+        if self.on_leader_change is not None and r.member.leader != was_leader:
+            self.on_leader_change(r.group, r.member.leader)
+
+    # ------------------------------------------------------------ messages
+
+    def _queue(self, group: str, msgs: tuple[Message, ...]) -> None:
+        for msg in msgs:
+            self._out[msg.to.agent].append((group, msg))
+
+    def _flush_out(self) -> None:
+        for agent, batch in self._out.items():
+            self._sent += len(batch)
+            if not self._send_frame(agent, wire.encode_raft(batch)):
+                self._dropped += len(batch)
+        self._out.clear()
+
+    def deliver(self, peer: str, batch: list[tuple[str, Message]]) -> None:
+        """Raft messages from `peer` (already decoded and shape-checked)."""
+        for group, msg in batch:
+            self._received += 1
+            r = self.replicas.get(group)
+            # A peer speaks only for its own replicas, and only to ours.
+            if r is None or msg.frm.agent != peer or msg.to != r.member.id:
+                self._dropped += 1
+                continue
+            r.member.step(msg)
+            self._dirty.add(group)
+        self._wake.set()
+
+    # ------------------------------------------------------------ replicas
+
+    async def create_replica(
+        self, group: str, data_type: str, replica: ReplicaId, config: Config | None
+    ) -> None:
+        """Host a replica of `group`: bootstrap it with `config`, or wait to be sent the log.
+
+        Returns once its metadata (and bootstrap configuration) is durable.
+        Idempotent for the same replica id.
+        """
+        existing = self.replicas.get(group)
+        if existing is not None:
+            if existing.member.id == replica:
+                return
+            raise ReplicaExists(f"this agent already hosts {group} as {existing.member.id}")
+        applier = Applier(data_type)  # raises DataTypeError for an unknown type
+        rng = random.Random(self.rng.random())
+        if config is not None:
+            member = RaftMember.bootstrap(replica, config, options=self.options, rng=rng)
+        else:
+            member = RaftMember(replica, options=self.options, rng=rng)
+        r = Replica(group, member, applier, data_type)
+        self.replicas[group] = r
+        await self._write_extra(GroupWrite(group=group, meta=r.meta.encode()))
+
+    async def drop_replica(self, group: str) -> bool:
+        """Stop and delete the local replica of `group`; False if there was none."""
+        r = self.replicas.get(group)
+        if r is None:
+            return False
+        self._drop(r, f"group {group} was deleted")
+        await self._write_extra(GroupWrite(group=group, delete=True))
+        return True
+
+    def _drop(self, r: Replica, why: str) -> None:
+        if self.replicas.get(r.group) is r:
+            del self.replicas[r.group]
+        r.stop(why)
+        if why.startswith("this replica was removed"):
+            self._extra.append((GroupWrite(group=r.group, delete=True), Waiter()))
+        logger.info("%s: replica %s stopped: %s", r.group, r.member.id, why)
+
+    async def _write_extra(self, write: GroupWrite) -> None:
+        w = Waiter()
+        self._extra.append((write, w))
+        self._wake.set()
+        await w.done.wait()
+
+    def campaign(self, group: str) -> None:
+        self._replica(group).member.campaign()
+        self._dirty.add(group)
+        self._wake.set()
+
+    def _replica(self, group: str) -> Replica:
+        r = self.replicas.get(group)
+        if r is None:
+            raise UnknownGroup(f"this agent hosts no replica of {group}")
+        return r
+
+    # ------------------------------------------------------------ client requests
+
+    async def command(
+        self, group: str, arg: object, client: str, seq: int, timeout_s: float
+    ) -> ApplyResult:
+        """Propose and wait until applied. Raises NotLeader, LostLeadership, trio.TooSlowError."""
+        r = self._replica(group)
+        data = encode_command(client, seq, int(time.time() * 1000), arg)
+        w = r.propose(data)
+        self._dirty.add(group)
+        self._wake.set()
+        return await self._wait(w, timeout_s)
+
+    async def query(self, group: str, arg: object, timeout_s: float) -> ApplyResult:
+        """A linearizable read on the leader (lease, else ReadIndex)."""
+        r = self._replica(group)
+        w = r.read(arg)
+        self._dirty.add(group)
+        self._wake.set()
+        return await self._wait(w, timeout_s)
+
+    def query_stale(self, group: str, arg: object) -> ApplyResult:
+        return self._replica(group).applier.query(arg)
+
+    @staticmethod
+    async def _wait(w: Waiter, timeout_s: float) -> ApplyResult:
+        with trio.fail_after(timeout_s):
+            await w.done.wait()
+        if isinstance(w.result, LostLeadership | ReplicaGone):
+            raise w.result
+        assert isinstance(w.result, ApplyResult)
+        return w.result
+
+    def transfer_leadership(self, group: str, target: ReplicaId) -> None:
+        self._replica(group).member.transfer_leadership(target)
+        self._dirty.add(group)
+        self._wake.set()
+
+    # ------------------------------------------------------------ status
+
+    def statistics(self) -> HostStatistics:
+        return HostStatistics(
+            replicas=len(self.replicas),
+            leaders=sum(1 for r in self.replicas.values() if r.member.is_leader),
+            turns=self._turns,
+            store_batches=self._batches,
+            entries_written=self._entries,
+            messages_sent=self._sent,
+            messages_received=self._received,
+            messages_dropped=self._dropped,
+            batches_in_flight=self._in_flight,
+        )

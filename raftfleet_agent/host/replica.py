@@ -1,0 +1,137 @@
+"""One hosted replica: the Raft member, its state machine, and who waits on it.
+
+Waiters are resolved by the loop when entries are applied or reads become
+answerable; nothing here awaits.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import attrs
+import msgpack
+import trio
+
+from raftfleet_agent.raft.codec import decode_replica, encode_replica
+from raftfleet_agent.raft.member import RaftMember
+from raftfleet_agent.raft.types import Entry, ReplicaId
+from raftfleet_agent.statemachine import Applier, ApplyResult
+
+
+class ReplicaGone(Exception):
+    """The replica stopped (removed from its group, or deleted) while a request waited."""
+
+
+class LostLeadership(Exception):
+    """The entry or read was superseded: this replica is (or was) not the leader any more."""
+
+
+@attrs.define(eq=False)
+class Waiter:
+    """A request waiting for the loop; `result` is an ApplyResult or an exception."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: object = None
+
+    def resolve(self, result: object) -> None:
+        if not self.done.is_set():
+            self.result = result
+            self.done.set()
+
+
+@attrs.frozen
+class ReplicaMeta:
+    """What the store keeps about a replica besides its log: enough to rebuild it."""
+
+    replica: ReplicaId
+    data_type: str
+
+    def encode(self) -> bytes:
+        return msgpack.packb(
+            {"v": 1, "replica": encode_replica(self.replica), "type": self.data_type}
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> ReplicaMeta:
+        d = msgpack.unpackb(raw, raw=False)
+        return cls(decode_replica(d["replica"]), str(d["type"]))
+
+
+class Replica:
+    def __init__(self, group: str, member: RaftMember, applier: Applier, data_type: str) -> None:
+        self.group = group
+        self.member = member
+        self.applier = applier
+        self.meta = ReplicaMeta(member.id, data_type)
+        self.proposals: dict[int, tuple[int, Waiter]] = {}  # index -> (term, waiter)
+        self._read_ids = itertools.count(1)
+        self.reads_pending: dict[int, tuple[object, Waiter]] = {}  # ctx -> (query arg, waiter)
+        self.reads_ready: list[tuple[int, object, Waiter]] = []  # (index, arg, waiter)
+        self.stopped = False
+
+    def propose(self, data: object) -> Waiter:
+        index = self.member.propose(data)
+        w = Waiter()
+        self.proposals[index] = (self.member.term, w)
+        return w
+
+    def read(self, arg: object) -> Waiter:
+        ctx = next(self._read_ids)
+        self.member.read(ctx)
+        w = Waiter()
+        self.reads_pending[ctx] = (arg, w)
+        return w
+
+    def apply(self, entry: Entry) -> None:
+        result = self.applier.apply(entry)
+        waiting = self.proposals.pop(entry.index, None)
+        if waiting is None:
+            return
+        term, w = waiting
+        if term == entry.term and result is not None:
+            w.resolve(result)
+        else:
+            w.resolve(LostLeadership(f"entry {entry.index} was replaced by a newer leader"))
+
+    def read_ready(self, ctx: object, index: int) -> None:
+        pending = self.reads_pending.pop(ctx, None)  # type: ignore[call-overload]
+        if pending is not None:
+            self.reads_ready.append((index, *pending))
+
+    def read_failed(self, ctx: object) -> None:
+        pending = self.reads_pending.pop(ctx, None)  # type: ignore[call-overload]
+        if pending is not None:
+            pending[1].resolve(LostLeadership("leadership changed before the read was confirmed"))
+
+    def answer_reads(self) -> None:
+        applied = self.applier.applied_index
+        if not self.reads_ready:
+            return
+        still = []
+        for index, arg, w in self.reads_ready:
+            if index <= applied:
+                w.resolve(self.applier.query(arg))
+            else:
+                still.append((index, arg, w))
+        self.reads_ready = still
+
+    def fail_proposals_above(self, index: int) -> None:
+        """Proposals past `index` will never be answered by this replica's term."""
+        for i in [i for i in self.proposals if i > index]:
+            self.proposals.pop(i)[1].resolve(LostLeadership("leadership changed"))
+
+    def stop(self, why: str) -> None:
+        self.stopped = True
+        for _term, w in self.proposals.values():
+            w.resolve(ReplicaGone(why))
+        for _arg, w in self.reads_pending.values():
+            w.resolve(ReplicaGone(why))
+        for _i, _arg, w in self.reads_ready:
+            w.resolve(ReplicaGone(why))
+        self.proposals.clear()
+        self.reads_pending.clear()
+        self.reads_ready.clear()
+
+
+def is_result(value: object) -> bool:
+    return isinstance(value, ApplyResult)

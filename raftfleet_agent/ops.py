@@ -1,0 +1,388 @@
+"""What the agent does for each control request, and for each call from a peer.
+
+Control requests arrive already validated by `control.protocol`; errors leave
+as `ControlError` with a machine-readable code. Peer calls (`hello`,
+`host_replica`, `drop_replica`, `campaign`, `leader`, `replica_status`,
+`command`, `query`) are the agent-to-agent half of the same operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftfleet_agent.control.protocol import ControlError
+from raftfleet_agent.fleet.router import RouteError
+from raftfleet_agent.host.loop import ReplicaExists, UnknownGroup
+from raftfleet_agent.host.rpc import PeerRpc, RpcError
+from raftfleet_agent.raft.codec import CodecError, decode_config, decode_replica, encode_config
+from raftfleet_agent.raft.errors import RaftError
+from raftfleet_agent.raft.types import Config, ReplicaId
+from raftfleet_agent.statemachine import DataTypeError, load_data_type
+
+if TYPE_CHECKING:
+    from raftfleet_agent.agent import Agent
+
+logger = logging.getLogger("raftfleet.ops")
+
+PEER_CALL_TIMEOUT_S = 3.0
+CREATE_TIMEOUT_S = 10.0
+
+
+class AgentOps:
+    """The control handler (`handle`) and the peer-call handlers of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.host = agent.host
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------ control entry point
+
+    async def handle(self, op: str, args: dict, events: Any) -> object:
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            raise ControlError("unknown_op", f"this agent does not support {op!r} yet")
+        try:
+            return await fn(args, events)
+        except ControlError:
+            raise
+        except (RouteError, RpcError) as e:
+            raise ControlError(e.code, str(e), e.details or None) from None
+        except UnknownGroup as e:
+            raise ControlError("unknown_group", str(e)) from None
+        except RaftError as e:
+            raise ControlError(getattr(e, "code", "internal"), str(e)) from None
+
+    async def op_ping(self, args: dict, events: Any) -> object:
+        return "pong"
+
+    async def op_status(self, args: dict, events: Any) -> object:
+        a, st = self.agent, self.host.statistics()
+        reach = a.transport.reachability()
+        return {
+            "name": a.config.name,
+            "zone": a.config.zone,
+            "state": "inactive",
+            "address": str(a.config.advertise),
+            "replicas": st.replicas,
+            "leaders": st.leaders,
+            "cluster": {
+                "id": a.identity.cluster_id,
+                "peers": {
+                    n: {"address": addr, "reachable": bool(reach.get(n) and reach[n].connected)}
+                    for n, addr in sorted(a.peers.addresses.items())
+                },
+            },
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "store": "memory" if a.config.in_memory else a.config.data_dir,
+            "loop": {
+                "turns": st.turns,
+                "store_batches": st.store_batches,
+                "entries_written": st.entries_written,
+                "messages_sent": st.messages_sent,
+                "messages_received": st.messages_received,
+            },
+        }
+
+    async def op_join(self, args: dict, events: Any) -> object:
+        try:
+            name = await self.agent.join(args["address"])
+        except (OSError, trio.TooSlowError) as e:
+            raise ControlError("unavailable", f"cannot reach {args['address']}: {e}") from None
+        except Exception as e:
+            raise ControlError("unauthorized", f"{args['address']} refused us: {e}") from None
+        return {"joined": name}
+
+    # ------------------------------------------------------------ groups
+
+    async def op_group_create(self, args: dict, events: Any) -> object:
+        name, n = args["name"], int(args.get("replicas") or 3)
+        dtype = args.get("type") or "counter"
+        try:
+            load_data_type(dtype)
+        except DataTypeError as e:
+            raise ControlError("invalid_type", str(e)) from None
+        agents = list(args.get("agents") or [])
+        if not agents:
+            agents = ([self.agent.config.name, *self.agent.connected_peers()])[:n]
+        if len(set(agents)) != len(agents):
+            raise ControlError("bad_request", "agents: each agent may appear once")
+        unknown = [
+            a
+            for a in agents
+            if a != self.agent.config.name and not self.agent.transport.is_connected(a)
+        ]
+        if unknown:
+            raise ControlError("unavailable", f"agents not connected: {', '.join(unknown)}")
+        ids = [ReplicaId(a, self.agent.new_replica_id_n()) for a in agents]
+        cfg = Config(frozenset(ids))
+        async with trio.open_nursery() as nursery:
+            for rid in ids:
+                nursery.start_soon(self._host_on, rid.agent, name, dtype, rid, cfg)
+        await self._call_on(ids[0].agent, "campaign", {"group": name})
+        leader = await self._await_leader(name, ids[0].agent, CREATE_TIMEOUT_S)
+        return {"name": name, "type": dtype, "replicas": [str(r) for r in ids], "leader": leader}
+
+    async def _host_on(
+        self, agent: str, group: str, dtype: str, rid: ReplicaId, cfg: Config | None
+    ) -> None:
+        args = {
+            "group": group,
+            "type": dtype,
+            "replica": [rid.agent, rid.n],
+            "config": encode_config(cfg) if cfg else None,
+        }
+        try:
+            await self._call_on(agent, "host_replica", args)
+        except RpcError as e:
+            if e.code == "already_exists":
+                raise ControlError(
+                    "already_exists", f"group {group} already exists on {agent}"
+                ) from None
+            raise
+
+    async def _call_on(self, agent: str, op: str, args: dict) -> object:
+        """A peer call, or the same handler run locally for this agent."""
+        if agent == self.agent.config.name:
+            return await getattr(self, f"peer_{op}")(agent, args)
+        assert self.agent.rpc is not None
+        return await self.agent.rpc.call(agent, op, args, PEER_CALL_TIMEOUT_S)
+
+    async def _await_leader(self, group: str, agent: str, timeout_s: float) -> str:
+        with trio.move_on_after(timeout_s):
+            while True:
+                try:
+                    st = await self._call_on(agent, "replica_status", {"group": group})
+                except RpcError:
+                    st = None
+                if isinstance(st, dict) and st.get("leader") and st.get("commit_index", 0) >= 1:
+                    return str(st["leader"])
+                await trio.sleep(0.05)
+        raise ControlError("no_leader", f"{group} elected no leader within {timeout_s} s")
+
+    async def op_group_delete(self, args: dict, events: Any) -> object:
+        name = args["name"]
+        dropped = []
+        targets = [self.agent.config.name, *self.agent.connected_peers()]
+
+        async def drop(agent: str) -> None:
+            try:
+                if await self._call_on(agent, "drop_replica", {"group": name}):
+                    dropped.append(agent)
+            except RpcError as e:
+                logger.warning("delete %s on %s: %s", name, agent, e)
+
+        async with trio.open_nursery() as nursery:
+            for a in targets:
+                nursery.start_soon(drop, a)
+        if not dropped:
+            raise ControlError("unknown_group", f"no agent hosts a group named {name}")
+        self.agent.router.leaders.pop(name, None)  # type: ignore[union-attr]
+        return {"name": name, "deleted_on": sorted(dropped)}
+
+    async def op_group_status(self, args: dict, events: Any) -> object:
+        name = args["name"]
+        router = self.agent.router
+        assert router is not None
+        leader, _term = await router.find_leader(name)
+        where = leader or (self.agent.config.name if name in self.host.replicas else None)
+        if where is None:
+            raise ControlError("unknown_group", f"no agent hosts a group named {name}")
+        st = await self._call_on(where, "replica_status", {"group": name})
+        return st
+
+    async def op_leader(self, args: dict, events: Any) -> object:
+        router = self.agent.router
+        assert router is not None
+        leader, term = await router.find_leader(args["group"])
+        if leader is None and term < 0:
+            raise ControlError("unknown_group", f"no agent hosts a group named {args['group']}")
+        return {"group": args["group"], "leader": leader, "term": max(term, 0)}
+
+    async def op_group_transfer(self, args: dict, events: Any) -> object:
+        name, target = args["name"], args["agent"]
+        router = self.agent.router
+        assert router is not None
+        leader, _ = await router.find_leader(name)
+        if leader is None:
+            raise ControlError("no_leader", f"{name} has no leader to transfer from")
+        await self._call_on(leader, "transfer", {"group": name, "agent": target})
+        return {"name": name, "from": leader, "to": target}
+
+    async def op_command(self, args: dict, events: Any) -> object:
+        router = self.agent.router
+        assert router is not None
+        rid = args.get("request_id")
+        reply, leader = await router.command(
+            args["group"],
+            args["arg"],
+            tuple(rid) if rid else None,
+            float(args.get("timeout_s") or 0.5),
+            int(args.get("retries", 3)),
+        )
+        return {"group": args["group"], "reply": reply, "leader": leader}
+
+    async def op_query(self, args: dict, events: Any) -> object:
+        router = self.agent.router
+        assert router is not None
+        reply, leader = await router.query(
+            args["group"],
+            args["arg"],
+            float(args.get("timeout_s") or 0.5),
+            int(args.get("retries", 3)),
+            bool(args.get("stale")),
+        )
+        return {"group": args["group"], "reply": reply, "leader": leader}
+
+    async def op_subscribe(self, args: dict, events: Any) -> object:
+        """Stream leader changes of this agent's replicas (topic "leaders") until cancelled."""
+        if args["topic"] != "leaders":
+            raise ControlError("bad_request", f"unknown topic {args['topic']!r} (known: leaders)")
+        seen: dict[str, str | None] = {}
+        while True:
+            for g, r in sorted(self.host.replicas.items()):
+                lead = r.member.leader.agent if r.member.leader else None
+                if seen.get(g, "?") != lead:
+                    seen[g] = lead
+                    await events.send({"group": g, "leader": lead, "term": r.member.term})
+            await trio.sleep(0.2)
+
+    # ------------------------------------------------------------ peer calls
+
+    def register_peer_calls(self, rpc: PeerRpc) -> None:
+        for op in (
+            "hello",
+            "host_replica",
+            "drop_replica",
+            "campaign",
+            "leader",
+            "replica_status",
+            "command",
+            "query",
+            "transfer",
+        ):
+            rpc.register(op, getattr(self, f"peer_{op}"))
+
+    def greet(self, peer: str) -> None:
+        """Tell a newly connected peer where we listen and whom we know."""
+        rpc = self.agent.rpc
+        if rpc is None:
+            return
+        known = dict(self.agent.peers.addresses)
+        known[self.agent.config.name] = str(self.agent.config.advertise)
+
+        async def say_hello() -> None:
+            try:
+                await rpc.call(peer, "hello", {"peers": known}, PEER_CALL_TIMEOUT_S)
+            except RpcError as e:
+                logger.debug("hello to %s: %s", peer, e)
+
+        rpc._nursery.start_soon(say_hello)
+
+    async def peer_hello(self, peer: str, args: dict) -> object:
+        known = args.get("peers")
+        if isinstance(known, dict):
+            for name, addr in known.items():
+                if isinstance(name, str) and isinstance(addr, str):
+                    self.agent.learn_peer(name, addr)
+        return True
+
+    async def peer_host_replica(self, peer: str, args: dict) -> object:
+        try:
+            group, dtype = str(args["group"]), str(args["type"])
+            rid = decode_replica(args["replica"])
+            cfg = decode_config(args["config"]) if args.get("config") is not None else None
+        except (KeyError, CodecError) as e:
+            raise RpcError("bad_request", f"host_replica: {e}") from None
+        if rid.agent != self.agent.config.name:
+            raise RpcError("bad_request", f"replica {rid} does not belong to this agent")
+        try:
+            await self.host.create_replica(group, dtype, rid, cfg)
+        except ReplicaExists as e:
+            raise RpcError("already_exists", str(e)) from None
+        except DataTypeError as e:
+            raise RpcError("invalid_type", str(e)) from None
+        return True
+
+    async def peer_drop_replica(self, peer: str, args: dict) -> object:
+        return await self.host.drop_replica(str(args.get("group")))
+
+    async def peer_campaign(self, peer: str, args: dict) -> object:
+        try:
+            self.host.campaign(str(args.get("group")))
+        except UnknownGroup as e:
+            raise RpcError("unknown_group", str(e)) from None
+        return True
+
+    async def peer_leader(self, peer: str, args: dict) -> object:
+        assert self.agent.router is not None
+        return self.agent.router.local_leader(str(args.get("group")))
+
+    async def peer_replica_status(self, peer: str, args: dict) -> object:
+        group = str(args.get("group"))
+        r = self.host.replicas.get(group)
+        if r is None:
+            raise RpcError("unknown_group", f"{self.agent.config.name} hosts no replica of {group}")
+        st = r.member.status()
+        roles = {st.replica: st.role}
+        members = []
+        for rid in (*st.voters, *st.learners):
+            fs = next((f for f in st.followers if f.replica == rid), None)
+            role = (
+                "leader" if st.leader == rid else ("learner" if rid in st.learners else "follower")
+            )
+            members.append(
+                {
+                    "agent": rid.agent,
+                    "replica": str(rid),
+                    "role": role,
+                    "match_index": st.last_index
+                    if rid == st.replica
+                    else (fs.match_index if fs else None),
+                }
+            )
+        del roles
+        return {
+            "name": group,
+            "type": r.meta.data_type,
+            "leader": st.leader.agent if st.leader else None,
+            "term": st.term,
+            "commit_index": st.commit_index,
+            "applied_index": st.applied_index,
+            "last_index": st.last_index,
+            "snapshot_index": st.snapshot_index,
+            "members": members,
+            "lease_valid": st.lease_valid,
+            "reported_by": self.agent.config.name,
+        }
+
+    async def peer_command(self, peer: str, args: dict) -> object:
+        return await self._serve_routed("command", args)
+
+    async def peer_query(self, peer: str, args: dict) -> object:
+        return await self._serve_routed("query", args)
+
+    async def _serve_routed(self, op: str, args: dict) -> object:
+        assert self.agent.router is not None
+        try:
+            return await self.agent.router.serve_locally(op, args)
+        except RouteError as e:
+            raise RpcError(e.code, str(e), e.details) from None
+
+    async def peer_transfer(self, peer: str, args: dict) -> object:
+        group, target = str(args.get("group")), str(args.get("agent"))
+        r = self.host.replicas.get(group)
+        if r is None:
+            raise RpcError("unknown_group", f"no replica of {group} here")
+        rid = next((v for v in r.member.config.voters if v.agent == target), None)
+        if rid is None:
+            raise RpcError("not_found", f"{target} holds no voting replica of {group}")
+        try:
+            self.host.transfer_leadership(group, rid)
+        except RaftError as e:
+            raise RpcError(getattr(e, "code", "internal"), str(e)) from None
+        return True

@@ -1,0 +1,146 @@
+"""The multi-raft loop with three in-process hosts wired back to back (no sockets)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import trio
+
+from raftfleet_agent.host import wire
+from raftfleet_agent.host.loop import MultiRaftHost
+from raftfleet_agent.raft.errors import NotLeader
+from raftfleet_agent.raft.member import RaftOptions
+from raftfleet_agent.raft.types import Config, ReplicaId
+from raftfleet_agent.storage import MemoryLogStore
+
+AGENTS = ["a1", "a2", "a3"]
+
+
+class Fabric:
+    """Delivers frames between hosts in-process, through the real encoder and decoder."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, MultiRaftHost] = {}
+        self.cut: set[str] = set()
+
+    def sender(self, frm: str):
+        def send(to: str, frame: object) -> bool:
+            if frm in self.cut or to in self.cut or to not in self.hosts:
+                return False
+            kind, rest = wire.split(frame)
+            assert kind == wire.RAFT
+            self.hosts[to].deliver(frm, wire.decode_raft(rest[0]))
+            return True
+
+        return send
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery):
+    fabric = Fabric()
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    for i, a in enumerate(AGENTS):
+        host = MultiRaftHost(
+            agent=a,
+            store=MemoryLogStore(),
+            send_frame=fabric.sender(a),
+            options=opts,
+            tick_interval_s=0.01,
+            rng=random.Random(i),
+        )
+        fabric.hosts[a] = host
+        await nursery.start(host.run)
+    return fabric
+
+
+async def _create(fabric: Fabric, group: str, n: int = 3) -> list[ReplicaId]:
+    ids = [ReplicaId(a, 7) for a in AGENTS[:n]]
+    cfg = Config(frozenset(ids))
+    for r in ids:
+        await fabric.hosts[r.agent].create_replica(group, "counter", r, cfg)
+    fabric.hosts[ids[0].agent].campaign(group)
+    return ids
+
+
+async def _until(cond, timeout_s: float = 5.0) -> None:
+    """Poll a condition of the loop's state, with a deadline."""
+    with trio.fail_after(timeout_s):
+        while not cond():  # noqa: ASYNC110 - polling another task's state is the point
+            await trio.sleep(0.01)
+
+
+async def _leader(fabric: Fabric, group: str) -> MultiRaftHost:
+    with trio.fail_after(5):
+        while True:
+            for h in fabric.hosts.values():
+                r = h.replicas.get(group)
+                if r is not None and r.member.is_leader and r.member.commit >= 1:
+                    return h
+            await trio.sleep(0.01)
+
+
+async def test_counter_group_serves_commands_and_reads(cluster: Fabric) -> None:
+    await _create(cluster, "g1")
+    lead = await _leader(cluster, "g1")
+    res = await lead.command("g1", "inc", "client-1", 1, timeout_s=2)
+    assert (res.ok, res.reply) == (True, 0)
+    res = await lead.query("g1", "get", timeout_s=2)
+    assert res.reply == 1
+    # A retry of the same request id returns the first reply, without applying twice.
+    res = await lead.command("g1", "inc", "client-1", 1, timeout_s=2)
+    assert res.reply == 0
+    assert (await lead.query("g1", "get", timeout_s=2)).reply == 1
+
+
+async def test_followers_refuse_and_name_the_leader(cluster: Fabric) -> None:
+    await _create(cluster, "g1")
+    lead = await _leader(cluster, "g1")
+    follower = next(h for h in cluster.hosts.values() if h is not lead)
+    await _until(lambda: follower.replicas["g1"].member.leader is not None)
+    with pytest.raises(NotLeader) as e:
+        await follower.command("g1", "inc", "c", 1, timeout_s=1)
+    assert e.value.leader is not None and e.value.leader.agent == lead.agent
+
+
+async def test_many_groups_share_turns_and_survive_leader_loss(cluster: Fabric) -> None:
+    for i in range(20):
+        await _create(cluster, f"g{i}")
+    leads = [await _leader(cluster, f"g{i}") for i in range(20)]
+    before = leads[0].statistics()
+    replies: list[int] = []
+
+    async def client(i: int) -> None:
+        for seq in range(1, 6):
+            res = await leads[i].command(f"g{i}", "inc", "c", seq, timeout_s=5)
+            replies.append(res.reply)
+
+    async with trio.open_nursery() as n:
+        for i in range(20):
+            n.start_soon(client, i)
+    assert sorted(replies) == sorted(list(range(5)) * 20)
+    after = leads[0].statistics()
+    assert after.replicas == 20
+    # One store commit covers the entries of many groups.
+    entries = after.entries_written - before.entries_written
+    batches = after.store_batches - before.store_batches
+    assert entries >= 100 and batches * 4 <= entries, (entries, batches)
+    lead = await _leader(cluster, "g0")
+    cluster.cut.add(lead.agent)
+    with trio.fail_after(10):
+        while True:
+            new = await _leader(cluster, "g0")
+            if new is not lead:
+                break
+            await trio.sleep(0.02)
+    assert (await new.command("g0", "inc", "c", 6, timeout_s=2)).reply == 5
+
+
+async def test_drop_replica_fails_waiters_and_deletes_rows(cluster: Fabric) -> None:
+    await _create(cluster, "gone")
+    lead = await _leader(cluster, "gone")
+    await lead.command("gone", "inc", "c", 1, timeout_s=2)
+    for h in cluster.hosts.values():
+        assert await h.drop_replica("gone")
+        assert "gone" not in h.replicas
+        assert all(rec.group != "gone" for rec in h.store.load())
