@@ -25,6 +25,7 @@ from raftfleet_agent.config import AgentConfig
 from raftfleet_agent.control.protocol import ControlError
 from raftfleet_agent.control.server import ControlServer
 from raftfleet_agent.fleet.router import RouteError, Router
+from raftfleet_agent.fleet.service import FleetService
 from raftfleet_agent.host import wire
 from raftfleet_agent.host.loop import MultiRaftHost
 from raftfleet_agent.host.rpc import PeerRpc, RpcError
@@ -71,6 +72,7 @@ class Agent:
         self.rpc: PeerRpc | None = None
         self.router: Router | None = None
         self.ops: AgentOps | None = None
+        self.fleet = FleetService(self)
         self._stopping = False
 
     def _open_identity(self) -> IdentityFile:
@@ -105,6 +107,7 @@ class Agent:
         logger.info("peer %s %s", peer, "connected" if connected else "disconnected")
         if connected and self.ops is not None:
             self.ops.greet(peer)
+        self.fleet.note_peer(peer, connected)
 
     # ------------------------------------------------------------ life cycle
 
@@ -125,7 +128,9 @@ class Agent:
                         self.transport.set_peer_address(name, *split_addr(addr))
                 await nursery.start(self.transport.serve, c.listen.host, c.listen.port)
                 await nursery.start(self.host.run)
+                await nursery.start(self.fleet.run)
                 server = ControlServer(self.ops)
+                os.makedirs(os.path.dirname(c.control_socket) or ".", exist_ok=True)
                 await nursery.start(server.serve_unix, c.control_socket)
                 if c.control_listen is not None and c.control_token is not None:
                     await nursery.start(

@@ -8,20 +8,26 @@ as `ControlError` with a machine-readable code. Peer calls (`hello`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from raftfleet_agent.control.protocol import ControlError
+from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.router import RouteError
+from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
 from raftfleet_agent.host.loop import ReplicaExists, UnknownGroup
 from raftfleet_agent.host.rpc import PeerRpc, RpcError
 from raftfleet_agent.raft.codec import CodecError, decode_config, decode_replica, encode_config
 from raftfleet_agent.raft.errors import RaftError
+from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.types import Config, ReplicaId
 from raftfleet_agent.statemachine import DataTypeError, load_data_type
+from raftfleet_agent.statemachine.loader import is_internal_type
 
 if TYPE_CHECKING:
     from raftfleet_agent.agent import Agent
@@ -62,21 +68,41 @@ class AgentOps:
 
     async def op_status(self, args: dict, events: Any) -> object:
         a, st = self.agent, self.host.statistics()
+        fleet = a.fleet
+        state, zone = await fleet.my_state()
+        replicas, leaders = fleet.local_counts()
         reach = a.transport.reachability()
+        try:
+            cstate = await fleet.state()
+        except FleetError:
+            cstate = None
+        cluster_leader = self.agent.router.leaders.get(CLUSTER) if self.agent.router else None
+        local = self.host.replicas.get(CLUSTER)
+        if local is not None and local.member.leader is not None:
+            cluster_leader = local.member.leader.agent
         return {
             "name": a.config.name,
-            "zone": a.config.zone,
-            "state": "inactive",
+            "zone": zone or a.config.zone,
+            "state": state,
             "address": str(a.config.advertise),
-            "replicas": st.replicas,
-            "leaders": st.leaders,
+            "replicas": replicas,
+            "leaders": leaders,
             "cluster": {
                 "id": a.identity.cluster_id,
+                "leader": cluster_leader,
+                "agents": len(cstate["agents"]) if cstate else None,
+                "active_agents": sum(1 for x in cstate["agents"].values() if x["state"] == "active")
+                if cstate
+                else None,
+                "groups": len(cstate["groups"]) if cstate else None,
                 "peers": {
                     n: {"address": addr, "reachable": bool(reach.get(n) and reach[n].connected)}
                     for n, addr in sorted(a.peers.addresses.items())
                 },
+                "unreachable_s": fleet.unreachable(),
             },
+            "moves_in_flight": fleet.moves_in_flight,
+            "moves_done": fleet.moves_done,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "store": "memory" if a.config.in_memory else a.config.data_dir,
             "loop": {
@@ -87,6 +113,117 @@ class AgentOps:
                 "messages_received": st.messages_received,
             },
         }
+
+    async def op_activate(self, args: dict, events: Any) -> object:
+        state, _ = await self.agent.fleet.my_state()
+        if state != "inactive":
+            raise ControlError("not_inactive", f"this agent is {state}; activate needs inactive")
+        return await self._fleet(self.agent.fleet.activate(args["zone"]))
+
+    async def op_deactivate(self, args: dict, events: Any) -> object:
+        state, _ = await self.agent.fleet.my_state()
+        if state != "active":
+            raise ControlError("not_active", f"this agent is {state}; deactivate needs active")
+        return await self._fleet(self.agent.fleet.deactivate())
+
+    async def _fleet(self, aw: Any) -> object:
+        try:
+            return await aw
+        except FleetError as e:
+            raise ControlError(e.code, str(e)) from None
+
+    async def op_nodes(self, args: dict, events: Any) -> object:
+        fleet = self.agent.fleet
+        st = await self._fleet(fleet.state())
+        briefs: dict[str, dict] = {}
+
+        async def ask(agent: str) -> None:
+            with contextlib.suppress(RpcError):
+                briefs[agent] = await self.call_on(agent, "brief", {})  # type: ignore[assignment]
+
+        async with trio.open_nursery() as n:
+            for name in st["agents"]:  # type: ignore[index]
+                if name == self.agent.config.name or self.agent.transport.is_connected(name):
+                    n.start_soon(ask, name)
+        nodes = []
+        for name, info in sorted(st["agents"].items()):  # type: ignore[index]
+            b = briefs.get(name, {})
+            state = info["state"] if info["state"] != "purged" else "inactive"
+            nodes.append(
+                {
+                    "name": name,
+                    "zone": info.get("zone"),
+                    "state": state,
+                    "address": info.get("address"),
+                    "reachable": name in briefs,
+                    "replicas": b.get("replicas"),
+                    "leaders": b.get("leaders"),
+                    "purged": info["state"] == "purged",
+                }
+            )
+        return {"nodes": nodes}
+
+    async def op_group_list(self, args: dict, events: Any) -> object:
+        st = await self._fleet(self.agent.fleet.state())
+        router = self.agent.router
+        assert router is not None
+        groups = sorted(st["groups"].items())  # type: ignore[index]
+        leaders: dict[str, str | None] = {}
+        limit = trio.CapacityLimiter(32)
+
+        async def look(g: str) -> None:
+            async with limit:
+                leaders[g] = router.leaders.get(g) or (await router.find_leader(g, 0.5))[0]
+
+        async with trio.open_nursery() as n:
+            for g, _ in groups:
+                n.start_soon(look, g)
+        return {
+            "groups": [
+                {
+                    "name": g,
+                    "replicas": info["replicas"],
+                    "type": info["type"],
+                    "leader": leaders.get(g),
+                    "no_leader": leaders.get(g) is None,
+                }
+                for g, info in groups
+            ]
+        }
+
+    async def op_drain_watch(self, args: dict, events: Any) -> object:
+        """Stream the drain's progress until this agent hosts nothing (or the timeout)."""
+        fleet = self.agent.fleet
+        timeout = args.get("timeout_s")
+        started = time.monotonic()
+        last = None
+        with trio.move_on_after(timeout if timeout else math.inf) as scope:
+            while True:
+                replicas, leaders = fleet.local_counts()
+                state, _ = await fleet.my_state()
+                now = (replicas, leaders, fleet.moves_in_flight, state)
+                if now != last:
+                    last = now
+                    await events.send(
+                        {
+                            "event": "progress",
+                            "replicas": replicas,
+                            "leaders": leaders,
+                            "moves_in_flight": fleet.moves_in_flight,
+                            "state": state,
+                            "elapsed_s": round(time.monotonic() - started, 2),
+                        }
+                    )
+                if replicas == 0 and leaders == 0 and state != "active":
+                    return {
+                        "event": "complete",
+                        "replicas": 0,
+                        "leaders": 0,
+                        "elapsed_s": round(time.monotonic() - started, 2),
+                    }
+                await trio.sleep(0.25)
+        assert scope.cancelled_caught
+        raise ControlError("timeout", f"drain not finished after {timeout} s (it continues)")
 
     async def op_join(self, args: dict, events: Any) -> object:
         try:
@@ -103,12 +240,29 @@ class AgentOps:
         name, n = args["name"], int(args.get("replicas") or 3)
         dtype = args.get("type") or "counter"
         try:
+            if is_internal_type(dtype):
+                raise DataTypeError(f"{dtype!r} is reserved for the agent's own groups")
             load_data_type(dtype)
         except DataTypeError as e:
             raise ControlError("invalid_type", str(e)) from None
         agents = list(args.get("agents") or [])
-        if not agents:
-            agents = ([self.agent.config.name, *self.agent.connected_peers()])[:n]
+        if agents:
+            return await self._create_on(name, dtype, agents)  # unmanaged: placed by hand
+        fleet = self.agent.fleet
+        await self._fleet(fleet.propose(["add_group", name, n, dtype, now_ms()]))
+        st = await self._fleet(fleet.state())
+        desired = cs.desired_members(st, name)  # type: ignore[arg-type]
+        reachable = [
+            a
+            for a in desired
+            if a == self.agent.config.name or self.agent.transport.is_connected(a)
+        ]
+        if len(reachable) < len(desired) // 2 + 1:
+            raise ControlError("unavailable", f"too few of {', '.join(desired)} are reachable")
+        # The desired leader first, so it campaigns; the reconciler adds any missing replica.
+        return await self._create_on(name, dtype, reachable)
+
+    async def _create_on(self, name: str, dtype: str, agents: list[str]) -> object:
         if len(set(agents)) != len(agents):
             raise ControlError("bad_request", "agents: each agent may appear once")
         unknown = [
@@ -123,7 +277,7 @@ class AgentOps:
         async with trio.open_nursery() as nursery:
             for rid in ids:
                 nursery.start_soon(self._host_on, rid.agent, name, dtype, rid, cfg)
-        await self._call_on(ids[0].agent, "campaign", {"group": name})
+        await self.call_on(ids[0].agent, "campaign", {"group": name})
         leader = await self._await_leader(name, ids[0].agent, CREATE_TIMEOUT_S)
         return {"name": name, "type": dtype, "replicas": [str(r) for r in ids], "leader": leader}
 
@@ -137,7 +291,7 @@ class AgentOps:
             "config": encode_config(cfg) if cfg else None,
         }
         try:
-            await self._call_on(agent, "host_replica", args)
+            await self.call_on(agent, "host_replica", args)
         except RpcError as e:
             if e.code == "already_exists":
                 raise ControlError(
@@ -145,7 +299,7 @@ class AgentOps:
                 ) from None
             raise
 
-    async def _call_on(self, agent: str, op: str, args: dict) -> object:
+    async def call_on(self, agent: str, op: str, args: dict) -> object:
         """A peer call, or the same handler run locally for this agent."""
         if agent == self.agent.config.name:
             return await getattr(self, f"peer_{op}")(agent, args)
@@ -156,7 +310,7 @@ class AgentOps:
         with trio.move_on_after(timeout_s):
             while True:
                 try:
-                    st = await self._call_on(agent, "replica_status", {"group": group})
+                    st = await self.call_on(agent, "replica_status", {"group": group})
                 except RpcError:
                     st = None
                 if isinstance(st, dict) and st.get("leader") and st.get("commit_index", 0) >= 1:
@@ -166,12 +320,24 @@ class AgentOps:
 
     async def op_group_delete(self, args: dict, events: Any) -> object:
         name = args["name"]
+        fleet = self.agent.fleet
+        try:
+            st = await fleet.state()
+        except FleetError:
+            st = None
+        if st is not None and name in st["groups"]:
+            await self._fleet(fleet.propose(["remove_group", name, now_ms()]))
+            self.agent.router.leaders.pop(name, None)  # type: ignore[union-attr]
+            return {"name": name, "deleted": True}
+        return await self._delete_unmanaged(name)
+
+    async def _delete_unmanaged(self, name: str) -> object:
         dropped = []
         targets = [self.agent.config.name, *self.agent.connected_peers()]
 
         async def drop(agent: str) -> None:
             try:
-                if await self._call_on(agent, "drop_replica", {"group": name}):
+                if await self.call_on(agent, "drop_replica", {"group": name}):
                     dropped.append(agent)
             except RpcError as e:
                 logger.warning("delete %s on %s: %s", name, agent, e)
@@ -182,7 +348,7 @@ class AgentOps:
         if not dropped:
             raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         self.agent.router.leaders.pop(name, None)  # type: ignore[union-attr]
-        return {"name": name, "deleted_on": sorted(dropped)}
+        return {"name": name, "deleted": True, "deleted_on": sorted(dropped)}
 
     async def op_group_status(self, args: dict, events: Any) -> object:
         name = args["name"]
@@ -192,7 +358,24 @@ class AgentOps:
         where = leader or (self.agent.config.name if name in self.host.replicas else None)
         if where is None:
             raise ControlError("unknown_group", f"no agent hosts a group named {name}")
-        st = await self._call_on(where, "replica_status", {"group": name})
+        st = await self.call_on(where, "replica_status", {"group": name})
+        assert isinstance(st, dict)
+        try:
+            cstate = await self.agent.fleet.state()
+        except FleetError:
+            cstate = None
+        desired = cs.desired_members(cstate, name) if cstate and name in cstate["groups"] else None
+        zones = {a: i.get("zone") for a, i in (cstate or {}).get("agents", {}).items()}
+        for m in st["members"]:
+            m["zone"] = zones.get(m["agent"])
+        have = {m["agent"] for m in st["members"]}
+        st["desired"] = desired
+        st["converged"] = (
+            bool(desired)
+            and have == set(desired)
+            and st.get("leader") == desired[0]
+            and all(m["role"] != "learner" for m in st["members"])
+        )
         return st
 
     async def op_leader(self, args: dict, events: Any) -> object:
@@ -210,7 +393,7 @@ class AgentOps:
         leader, _ = await router.find_leader(name)
         if leader is None:
             raise ControlError("no_leader", f"{name} has no leader to transfer from")
-        await self._call_on(leader, "transfer", {"group": name, "agent": target})
+        await self.call_on(leader, "transfer", {"group": name, "agent": target})
         return {"name": name, "from": leader, "to": target}
 
     async def op_command(self, args: dict, events: Any) -> object:
@@ -254,18 +437,10 @@ class AgentOps:
     # ------------------------------------------------------------ peer calls
 
     def register_peer_calls(self, rpc: PeerRpc) -> None:
-        for op in (
-            "hello",
-            "host_replica",
-            "drop_replica",
-            "campaign",
-            "leader",
-            "replica_status",
-            "command",
-            "query",
-            "transfer",
-        ):
-            rpc.register(op, getattr(self, f"peer_{op}"))
+        """Every `peer_<op>` method answers the peer call `<op>`."""
+        for attr in dir(self):
+            if attr.startswith("peer_"):
+                rpc.register(attr.removeprefix("peer_"), getattr(self, attr))
 
     def greet(self, peer: str) -> None:
         """Tell a newly connected peer where we listen and whom we know."""
@@ -282,6 +457,10 @@ class AgentOps:
                 logger.debug("hello to %s: %s", peer, e)
 
         rpc._nursery.start_soon(say_hello)
+
+    async def peer_brief(self, peer: str, args: dict) -> object:
+        replicas, leaders = self.agent.fleet.local_counts()
+        return {"replicas": replicas, "leaders": leaders}
 
     async def peer_hello(self, peer: str, args: dict) -> object:
         known = args.get("peers")
@@ -328,24 +507,25 @@ class AgentOps:
         if r is None:
             raise RpcError("unknown_group", f"{self.agent.config.name} hosts no replica of {group}")
         st = r.member.status()
-        roles = {st.replica: st.role}
+        follower = {f.replica: f for f in st.followers}
         members = []
         for rid in (*st.voters, *st.learners):
-            fs = next((f for f in st.followers if f.replica == rid), None)
-            role = (
-                "leader" if st.leader == rid else ("learner" if rid in st.learners else "follower")
-            )
+            if st.leader == rid:
+                role = "leader"
+            else:
+                role = "learner" if rid in st.learners else "follower"
+            if rid == st.replica:
+                match = st.last_index
+            else:
+                match = follower[rid].match_index if rid in follower else None
             members.append(
                 {
                     "agent": rid.agent,
-                    "replica": str(rid),
+                    "replica_id": [rid.agent, rid.n],
                     "role": role,
-                    "match_index": st.last_index
-                    if rid == st.replica
-                    else (fs.match_index if fs else None),
+                    "match_index": match,
                 }
             )
-        del roles
         return {
             "name": group,
             "type": r.meta.data_type,
@@ -359,6 +539,19 @@ class AgentOps:
             "lease_valid": st.lease_valid,
             "reported_by": self.agent.config.name,
         }
+
+    async def peer_change_membership(self, peer: str, args: dict) -> object:
+        group = str(args.get("group"))
+        try:
+            op = ConfOp(str(args.get("op")))
+            rid = decode_replica(args.get("replica"))
+            return self.host.change_membership(group, op, rid)
+        except (ValueError, CodecError) as e:
+            raise RpcError("bad_request", f"change_membership: {e}") from None
+        except UnknownGroup as e:
+            raise RpcError("not_leader", str(e)) from None
+        except RaftError as e:
+            raise RpcError(getattr(e, "code", "internal"), str(e)) from None
 
     async def peer_command(self, peer: str, args: dict) -> object:
         return await self._serve_routed("command", args)

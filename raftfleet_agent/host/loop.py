@@ -33,6 +33,7 @@ import trio
 from raftfleet_agent.host import wire
 from raftfleet_agent.host.replica import LostLeadership, Replica, ReplicaGone, ReplicaMeta, Waiter
 from raftfleet_agent.raft.member import RaftMember, RaftOptions
+from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.messages import Message
 from raftfleet_agent.raft.ready import Ready
 from raftfleet_agent.raft.types import Config, ReplicaId
@@ -375,6 +376,13 @@ class MultiRaftHost:
         self._replica(group).member.transfer_leadership(target)
         self._dirty.add(group)
         self._wake.set()
+
+    def change_membership(self, group: str, op: ConfOp, replica: ReplicaId) -> int:
+        """One single-server change on the local leader; returns the config entry's index."""
+        index = self._replica(group).member.change_membership(op, replica)
+        self._dirty.add(group)
+        self._wake.set()
+        return index
 
     # ------------------------------------------------------------ status
 

@@ -85,12 +85,28 @@ def wrap_data_type(name: str, obj: Any, *, builtin: bool = False) -> LoadedType:
     return LoadedType(name=name, impl=impl, builtin=builtin, **ops)
 
 
+# Types the agent itself runs (the fleet's cluster state), registered by the
+# layer that defines them so this layer never imports upward. Users cannot
+# create groups of these types.
+_INTERNAL: dict[str, type] = {}
+
+
+def register_internal_type(name: str, cls: type) -> None:
+    _INTERNAL[name] = cls
+
+
+def is_internal_type(name: str) -> bool:
+    return name in _INTERNAL
+
+
 def load_data_type(name: str) -> LoadedType:
     """Load a built-in by name, or import "package.module:Class". Raises DataTypeError."""
     if not isinstance(name, str):
         raise DataTypeError(f"data type name must be a string, got {type(name).__name__}")
     if name in BUILTINS:
         return wrap_data_type(name, BUILTINS[name], builtin=True)
+    if name in _INTERNAL:
+        return wrap_data_type(name, _INTERNAL[name], builtin=True)
     match = _USER_NAME_RE.fullmatch(name) if len(name) <= DATA_TYPE_NAME_CHARS_MAX else None
     # No dunder segments: "__main__:x" or "pkg:__class__" is never a data type.
     if match is None or any(part.startswith("__") for part in re.split(r"[.:]", name)):

@@ -1,0 +1,190 @@
+"""Converge one group's replicas to their desired placement, make-before-break.
+
+One membership change at a time (the core refuses a second one anyway):
+1. a desired agent without a replica gets an empty one, added as a learner;
+2. a learner on a desired agent is promoted once it caught up;
+3. leadership moves to the desired leader;
+4. a replica on an agent that should not hold one is removed (never the
+   leader: leadership moves first; and the core refuses a removal that would
+   leave fewer healthy voters than a quorum).
+Every step is a call to the agent of the group's current leader; the loop
+re-reads the group's membership after each step, so it works from what the
+leader actually has, not from what it asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from raftfleet_agent.host.rpc import RpcError
+
+logger = logging.getLogger("raftfleet.reconciler")
+
+Call = Callable[[str, str, dict], Awaitable[object]]
+
+WAIT_CODES = frozenset(
+    {
+        "change_in_progress",
+        "not_ready",
+        "learner_behind",
+        "learner_unresponsive",
+        "transfer_in_progress",
+        "proposal_dropped",
+        "timeout",
+        "unavailable",
+        "not_leader",
+    }
+)
+
+
+@attrs.frozen
+class Member:
+    agent: str
+    replica: tuple[str, int]
+    role: str  # leader | follower | learner
+    match_index: int | None
+
+    @property
+    def voter(self) -> bool:
+        return self.role != "learner"
+
+
+@attrs.frozen
+class Plan:
+    """What a group should look like: voters (first = desired leader) and learners."""
+
+    group: str
+    data_type: str
+    voters: tuple[str, ...]
+    learners: tuple[str, ...] = ()
+    leader: str | None = None  # None: any desired voter may lead
+
+    @property
+    def agents(self) -> frozenset[str]:
+        return frozenset(self.voters) | frozenset(self.learners)
+
+
+def parse_members(status: dict) -> list[Member]:
+    out = []
+    for m in status.get("members", []):
+        rid = m.get("replica_id")
+        if not isinstance(rid, list) or len(rid) != 2:
+            continue
+        out.append(
+            Member(
+                str(m["agent"]), (str(rid[0]), int(rid[1])), str(m["role"]), m.get("match_index")
+            )
+        )
+    return out
+
+
+class Reconciler:
+    """Runs convergence steps for one group through peer calls.
+
+    `call(agent, op, args)` calls a peer op (or runs it locally for this
+    agent); `new_replica_n()` hands out fresh replica numbers; `on_move`
+    counts completed moves for status and drain progress.
+    """
+
+    def __init__(
+        self,
+        call: Call,
+        find_leader: Callable[[str], Awaitable[str | None]],
+        new_replica_n: Callable[[], int],
+        on_move: Callable[[str, str], None],
+    ) -> None:
+        self._call = call
+        self._find_leader = find_leader
+        self._new_n = new_replica_n
+        self._on_move = on_move
+
+    async def converge(self, plan: Plan, max_steps: int = 40) -> bool:
+        """Step until the group matches the plan (True) or no progress is possible now."""
+        for _ in range(max_steps):
+            leader = await self._find_leader(plan.group)
+            if leader is None:
+                return False
+            try:
+                status = await self._call(leader, "replica_status", {"group": plan.group})
+            except RpcError:
+                return False
+            if not isinstance(status, dict) or status.get("leader") != leader:
+                await trio.sleep(0.1)
+                continue
+            try:
+                step = await self._step(plan, leader, parse_members(status))
+            except RpcError as e:
+                if e.code not in WAIT_CODES:
+                    logger.info("%s: reconcile stopped: %s", plan.group, e)
+                    return False
+                await trio.sleep(0.1)
+                continue
+            if step is None:
+                return True
+            self._on_move(plan.group, step)
+        return False
+
+    async def _step(self, plan: Plan, leader: str, members: list[Member]) -> str | None:
+        by_agent = {m.agent: m for m in members}
+        for agent in (*plan.voters, *plan.learners):
+            if agent not in by_agent:
+                await self._add_learner(plan, leader, agent)
+                return f"add {agent}"
+        for m in members:
+            if m.role == "learner" and m.agent in plan.voters:
+                await self._change(leader, plan.group, "promote", m.replica)
+                return f"promote {m.agent}"
+        want = plan.leader
+        if want is None and leader not in plan.voters:
+            want = plan.voters[0]
+        if (
+            want is not None
+            and want != leader
+            and by_agent.get(want) is not None
+            and by_agent[want].voter
+        ):
+            await self._transfer(plan.group, leader, want)
+            return f"leader -> {want}"
+        for m in members:
+            if m.agent not in plan.agents and m.agent != leader:
+                await self._change(leader, plan.group, "remove", m.replica)
+                return f"remove {m.agent}"
+        for m in members:
+            if m.voter and m.agent in plan.learners and m.agent != leader:
+                # A voter that should only learn (the cluster group shrinking).
+                await self._change(leader, plan.group, "remove", m.replica)
+                return f"remove {m.agent}"
+        return None
+
+    async def _add_learner(self, plan: Plan, leader: str, agent: str) -> None:
+        rid = [agent, self._new_n()]
+        try:
+            await self._call(
+                agent,
+                "host_replica",
+                {"group": plan.group, "type": plan.data_type, "replica": rid, "config": None},
+            )
+        except RpcError as e:
+            if e.code != "already_exists":
+                raise
+            # A stale replica of an old membership: discard it, then try again next step.
+            await self._call(agent, "drop_replica", {"group": plan.group})
+            raise RpcError(
+                "unavailable", f"dropped a stale replica of {plan.group} on {agent}"
+            ) from None
+        await self._change(leader, plan.group, "add_learner", tuple(rid))
+
+    async def _change(self, leader: str, group: str, op: str, replica: tuple[str, int]) -> None:
+        await self._call(
+            leader, "change_membership", {"group": group, "op": op, "replica": list(replica)}
+        )
+
+    async def _transfer(self, group: str, leader: str, target: str) -> None:
+        await self._call(leader, "transfer", {"group": group, "agent": target})
+        with trio.move_on_after(3):
+            while await self._find_leader(group) == leader:  # noqa: ASYNC110 - remote state
+                await trio.sleep(0.05)

@@ -1,0 +1,345 @@
+"""The fleet on one agent: cluster state, activation, reconciliation, purge, drain.
+
+- The cluster state lives in the built-in group `__cluster__`. The agent that
+  founds a cluster (started without --join, knowing no peer) bootstraps it as
+  a one-voter group; nobody else ever bootstraps one, so two agents started
+  together cannot end up with two cluster states. Its leader's agent keeps
+  up to five voters spread across zones and a learner on every other active
+  agent, so every active agent reads placement from its own applied replica.
+- Every agent registers itself (name, address, node id) and, with --zone,
+  activates itself once per start.
+- The reconciler of each agent converges the groups whose desired leader it
+  is, on every change of the cluster state and every `reconcile_interval_s`,
+  with at most `max_moves_in_flight` groups moving at once.
+- The cluster leader's agent purges agents unreachable for longer than the
+  purge window from placement; their replicas are rebuilt elsewhere. Data is
+  never deleted because replicas look dead.
+- Draining = deactivated: the agent is out of placement, reconcilers move its
+  replicas away, and once it hosts nothing it marks itself drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from raftfleet_agent.fleet import cluster_state as cs
+from raftfleet_agent.fleet.reconciler import Plan, Reconciler
+from raftfleet_agent.fleet.router import RouteError
+from raftfleet_agent.host.rpc import RpcError
+from raftfleet_agent.raft.types import Config, ReplicaId
+from raftfleet_agent.statemachine.loader import register_internal_type
+
+if TYPE_CHECKING:
+    from raftfleet_agent.agent import Agent
+
+logger = logging.getLogger("raftfleet.fleet")
+
+# The cluster-state group's data type, known to the loader as "cluster".
+register_internal_type("cluster", cs.ClusterState)
+
+CLUSTER = "__cluster__"
+STATE_POLL_S = 0.2
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FleetError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class FleetService:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.name = agent.config.name
+        self.host = agent.host
+        self.activating = False
+        self.moves_in_flight = 0
+        self.moves_done = 0
+        self._changed = trio.Event()
+        self._seen_version = -1
+        self._remote_state: dict | None = None
+        self._unreachable_since: dict[str, float] = {}
+        self._started = time.monotonic()
+        self.reconciler: Reconciler | None = None
+
+    # ------------------------------------------------------------ cluster state
+
+    def local_state(self) -> dict[str, Any] | None:
+        r = self.host.replicas.get(CLUSTER)
+        if r is None or r.applier.applied_index == 0:
+            return None
+        return r.applier.state  # type: ignore[no-any-return]
+
+    async def state(self) -> dict[str, Any]:
+        """The cluster state: our own applied replica's, else the leader's (linearizable)."""
+        local = self.local_state()
+        if (
+            local is not None
+            and CLUSTER in self.host.replicas
+            and self.host.replicas[CLUSTER].member.config.voters
+        ):
+            mine = self.host.replicas[CLUSTER].member
+            if mine.is_leader or mine.leader is not None:
+                return local
+        router = self.agent.router
+        assert router is not None
+        try:
+            state, _ = await router.query(CLUSTER, "snapshot", 1.0, 2, stale=False)
+        except RouteError as e:
+            if local is not None:
+                return local
+            if self._remote_state is not None:
+                return self._remote_state
+            raise FleetError("unavailable", f"cluster state unreachable: {e}") from None
+        self._remote_state = state  # type: ignore[assignment]
+        return state  # type: ignore[return-value]
+
+    async def propose(self, arg: list, timeout_s: float = 2.0) -> object:
+        router = self.agent.router
+        assert router is not None
+        try:
+            reply, _ = await router.command(CLUSTER, arg, None, timeout_s, 5)
+        except RouteError as e:
+            code = cs.error_code(str(e)) if e.code == "invalid_argument" else None
+            if code is not None:
+                raise FleetError(code, str(e).split(": ", 1)[-1]) from None
+            raise FleetError(
+                "unavailable" if e.code in ("no_leader", "unknown_group") else e.code,
+                f"cluster state: {e}",
+            ) from None
+        self.poke()
+        return reply
+
+    def poke(self) -> None:
+        self._changed.set()
+
+    # ------------------------------------------------------------ run
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        self.reconciler = Reconciler(
+            self._call, self._leader_of, self.agent.new_replica_id_n, self._moved
+        )
+        await self._maybe_found()
+        async with trio.open_nursery() as n:
+            n.start_soon(self._register_loop)
+            n.start_soon(self._watch_state)
+            n.start_soon(self._reconcile_loop)
+            task_status.started()
+
+    async def _maybe_found(self) -> None:
+        c = self.agent.config
+        if c.join or self.agent.peers.addresses or CLUSTER in self.host.replicas:
+            return
+        rid = ReplicaId(self.name, self.agent.new_replica_id_n())
+        await self.host.create_replica(CLUSTER, "cluster", rid, Config(frozenset({rid})))
+        self.host.campaign(CLUSTER)
+        logger.info(
+            "founded cluster %s; this agent holds its cluster state", self.agent.identity.cluster_id
+        )
+
+    async def _register_loop(self) -> None:
+        """Make sure the cluster state knows us (and our address), then activate with --zone."""
+        zone, activated = self.agent.config.zone, False
+        while True:
+            try:
+                st = await self.state()
+                me = st["agents"].get(self.name)
+                if self._needs_register(me):
+                    await self._register()
+                    continue
+                if zone and not activated:
+                    activated = True
+                    if me["state"] == "inactive":
+                        await self.activate(zone)
+                await trio.sleep(5)
+            except FleetError as e:
+                logger.debug("register: %s", e)
+                await trio.sleep(0.5)
+
+    def _needs_register(self, me: dict | None) -> bool:
+        return (
+            me is None
+            or me["address"] != str(self.agent.config.advertise)
+            or me.get("node_id") != self.agent.identity.node_id
+            or me["state"] == "purged"
+        )
+
+    async def _register(self) -> None:
+        node, addr = self.agent.identity.node_id, str(self.agent.config.advertise)
+        await self.propose(["register", self.name, addr, node, now_ms()])
+
+    async def _watch_state(self) -> None:
+        while True:
+            st = self.local_state()
+            if st is not None and st.get("version") != self._seen_version:
+                self._seen_version = st.get("version", -1)
+                self._changed.set()
+            await trio.sleep(STATE_POLL_S)
+
+    # ------------------------------------------------------------ activation
+
+    async def activate(self, zone: str) -> dict:
+        self.activating = True
+        try:
+            if self._needs_register((await self.state())["agents"].get(self.name)):
+                await self._register()
+            await self.propose(["activate", self.name, zone, now_ms()])
+        finally:
+            self.activating = False
+        return {"name": self.name, "zone": zone, "state": "active"}
+
+    async def deactivate(self) -> dict:
+        await self.propose(["deactivate", self.name, now_ms()])
+        return {"name": self.name, "state": "draining"}
+
+    async def my_state(self) -> tuple[str, str | None]:
+        """("inactive"|"activating"|"active"|"draining", zone) of this agent."""
+        try:
+            st = await self.state()
+        except FleetError:
+            return ("activating" if self.activating else "inactive"), self.agent.config.zone
+        me = st["agents"].get(self.name) or {}
+        state = me.get("state", "inactive")
+        if state == "purged":
+            state = "inactive"
+        if state == "inactive" and self.activating:
+            state = "activating"
+        return state, me.get("zone")
+
+    def local_counts(self) -> tuple[int, int]:
+        """(replicas, leaders) hosted here, the cluster-state replica excluded."""
+        reps = [r for g, r in self.host.replicas.items() if g != CLUSTER]
+        return len(reps), sum(1 for r in reps if r.member.is_leader)
+
+    # ------------------------------------------------------------ reconciling
+
+    def _moved(self, group: str, step: str) -> None:
+        self.moves_done += 1
+        logger.info("%s: %s", group, step)
+
+    async def _leader_of(self, group: str) -> str | None:
+        router = self.agent.router
+        assert router is not None
+        agent, _term = await router.find_leader(group, 1.0)
+        return agent
+
+    async def _call(self, agent: str, op: str, args: dict) -> object:
+        ops = self.agent.ops
+        assert ops is not None
+        return await ops.call_on(agent, op, args)
+
+    async def _reconcile_loop(self) -> None:
+        interval = self.agent.config.reconcile_interval_s
+        while True:
+            with trio.move_on_after(interval):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            try:
+                await self.reconcile_once()
+            except FleetError as e:
+                logger.debug("reconcile: %s", e)
+            except Exception:
+                logger.exception("reconcile round failed")
+
+    async def reconcile_once(self) -> None:
+        st = self.local_state()
+        if st is None:
+            return
+        plans = self._plans(st)
+        limit = trio.CapacityLimiter(max(1, self.agent.config.max_moves_in_flight))
+        async with trio.open_nursery() as n:
+            for plan in plans:
+                n.start_soon(self._converge, plan, limit)
+            n.start_soon(self._cleanup_removed, st)
+            n.start_soon(self._maybe_drained, st)
+            n.start_soon(self._maybe_purge, st)
+
+    def _plans(self, st: dict) -> list[Plan]:
+        plans = []
+        for g in cs.groups_led_by(st, self.name):
+            info = st["groups"][g]
+            voters = tuple(cs.desired_members(st, g))
+            plans.append(Plan(g, info["type"], voters, (), voters[0]))
+        cluster = self.host.replicas.get(CLUSTER)
+        if cluster is not None and cluster.member.is_leader:
+            voters = tuple(cs.desired_cluster_voters(st))
+            if voters:
+                active = [
+                    a for a, info in sorted(st["agents"].items()) if info["state"] == "active"
+                ]
+                learners = tuple(a for a in active if a not in voters)
+                plans.append(Plan(CLUSTER, "cluster", voters, learners, None))
+        return plans
+
+    async def _converge(self, plan: Plan, limit: trio.CapacityLimiter) -> None:
+        assert self.reconciler is not None
+        async with limit:
+            self.moves_in_flight += 1
+            try:
+                await self.reconciler.converge(plan)
+            except (RpcError, RouteError, FleetError) as e:
+                logger.debug("%s: %s", plan.group, e)
+            finally:
+                self.moves_in_flight -= 1
+
+    async def _cleanup_removed(self, st: dict) -> None:
+        for g, info in sorted(st.get("removed", {}).items()):
+            if self.name not in info.get("pending", []):
+                continue
+            await self.host.drop_replica(g)
+            try:
+                await self.propose(["cleaned", self.name, g, now_ms()])
+            except FleetError as e:
+                logger.debug("cleaned %s: %s", g, e)
+
+    async def _maybe_drained(self, st: dict) -> None:
+        me = st["agents"].get(self.name)
+        if me is None or me["state"] != "draining":
+            return
+        if self.local_counts()[0] == 0:
+            try:
+                await self.propose(["drained", self.name, now_ms()])
+                logger.info("drained: this agent hosts no replica any more")
+            except FleetError as e:
+                logger.debug("drained: %s", e)
+
+    def note_peer(self, peer: str, connected: bool) -> None:
+        if connected:
+            self._unreachable_since.pop(peer, None)
+        else:
+            self._unreachable_since.setdefault(peer, time.monotonic())
+        self.poke()
+
+    def unreachable(self) -> dict[str, float]:
+        """Peers not connected now, with seconds since we last had them (or since start)."""
+        now = time.monotonic()
+        out = {}
+        for name in self.agent.peers.addresses:
+            if not self.agent.transport.is_connected(name):
+                since = self._unreachable_since.get(name, self._started)
+                out[name] = round(now - since, 1)
+        return out
+
+    async def _maybe_purge(self, st: dict) -> None:
+        cluster = self.host.replicas.get(CLUSTER)
+        if cluster is None or not cluster.member.is_leader:
+            return
+        window = self.agent.config.purge_window_s
+        gone = self.unreachable()
+        for name, info in sorted(st["agents"].items()):
+            if name == self.name or info["state"] not in ("active", "draining"):
+                continue
+            if gone.get(name, 0) > window:
+                logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
+                try:
+                    await self.propose(["purge", name, now_ms()])
+                except FleetError as e:
+                    logger.info("purge %s: %s", name, e)
