@@ -192,3 +192,97 @@ def connected_to_all(agents_: list[AgentProc]) -> bool:
         if not others <= {n for n, p in peers.items() if p["reachable"]}:
             return False
     return True
+
+
+class CounterLoad:
+    """Background clients incrementing counters, bounded in time and count.
+
+    Records, per group, how many `inc` were acknowledged and how many had an
+    unknown outcome, and the longest stretch during which a client's requests
+    kept failing (the "error window").
+    """
+
+    def __init__(
+        self,
+        agent: AgentProc,
+        groups: list[str],
+        *,
+        max_ops: int = 100_000,
+        max_seconds: float = 300.0,
+    ) -> None:
+        import threading
+
+        self.agent = agent
+        self.groups = groups
+        self.acked = dict.fromkeys(groups, 0)
+        self.unknown = dict.fromkeys(groups, 0)
+        self.errors: list[str] = []
+        self.longest_error_s = 0.0
+        self.max_ops = max_ops
+        self.deadline = time.monotonic() + max_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> CounterLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        from raftfleet_cli.client import ClientError, ControlError
+
+        ops = 0
+        failing_since: float | None = None
+        client = self.agent.client()
+        seq = 0
+        try:
+            while (
+                not self._stop.is_set() and ops < self.max_ops and time.monotonic() < self.deadline
+            ):
+                g = self.groups[ops % len(self.groups)]
+                ops += 1
+                seq += 1
+                rid = [f"load-{id(self)}", seq]
+                try:
+                    client.call(
+                        "command",
+                        timeout=10,
+                        group=g,
+                        arg="inc",
+                        request_id=rid,
+                        timeout_s=1.0,
+                        retries=5,
+                    )
+                    self.acked[g] += 1
+                    if failing_since is not None:
+                        self.longest_error_s = max(
+                            self.longest_error_s, time.monotonic() - failing_since
+                        )
+                        failing_since = None
+                except (ControlError, ClientError) as e:
+                    self.unknown[g] += 1
+                    self.errors.append(f"{g}: {e}")
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                    client.close()
+                    client = self.agent.client()
+        finally:
+            client.close()
+
+    def check_counters(self, reader: AgentProc) -> None:
+        """Every acknowledged inc is there; at most the unknown ones on top."""
+        for g in self.groups:
+            (value,) = wait_for(  # a 1-tuple: a zero count is a real answer
+                lambda g=g: (reader.call("query", group=g, arg="get", timeout_s=2)["reply"],),
+                20,
+                f"a read of {g}",
+            )
+            assert self.acked[g] <= value <= self.acked[g] + self.unknown[g], (
+                g,
+                value,
+                self.acked[g],
+                self.unknown[g],
+            )

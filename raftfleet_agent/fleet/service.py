@@ -296,7 +296,7 @@ class FleetService:
                 continue
             await self.host.drop_replica(g)
             try:
-                await self.propose(["cleaned", self.name, g, now_ms()])
+                await self.propose(["cleaned", self.name, g, now_ms(), info["generation"]])
             except FleetError as e:
                 logger.debug("cleaned %s: %s", g, e)
 
