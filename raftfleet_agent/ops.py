@@ -73,7 +73,7 @@ class AgentOps:
         replicas, leaders = fleet.local_counts()
         reach = a.transport.reachability()
         try:
-            cstate = await fleet.state()
+            cstate = await fleet.state(linearizable=True)
         except FleetError:
             cstate = None
         cluster_leader = self.agent.router.leaders.get(CLUSTER) if self.agent.router else None
@@ -134,7 +134,7 @@ class AgentOps:
 
     async def op_nodes(self, args: dict, events: Any) -> object:
         fleet = self.agent.fleet
-        st = await self._fleet(fleet.state())
+        st = await self._fleet(fleet.state(linearizable=True))
         briefs: dict[str, dict] = {}
 
         async def ask(agent: str) -> None:
@@ -164,7 +164,7 @@ class AgentOps:
         return {"nodes": nodes}
 
     async def op_group_list(self, args: dict, events: Any) -> object:
-        st = await self._fleet(self.agent.fleet.state())
+        st = await self._fleet(self.agent.fleet.state(linearizable=True))
         router = self.agent.router
         assert router is not None
         groups = sorted(st["groups"].items())  # type: ignore[index]
@@ -250,7 +250,7 @@ class AgentOps:
             return await self._create_on(name, dtype, agents)  # unmanaged: placed by hand
         fleet = self.agent.fleet
         await self._fleet(fleet.propose(["add_group", name, n, dtype, now_ms()]))
-        st = await self._fleet(fleet.state())
+        st = await self._fleet(fleet.state(linearizable=True))
         desired = cs.desired_members(st, name)  # type: ignore[arg-type]
         reachable = [
             a
@@ -322,17 +322,27 @@ class AgentOps:
         name = args["name"]
         fleet = self.agent.fleet
         try:
-            st = await fleet.state()
+            st = await fleet.state(linearizable=True)
         except FleetError:
             st = None
         if st is not None and name in st["groups"]:
             await self._fleet(fleet.propose(["remove_group", name, now_ms()]))
-            self.agent.router.leaders.pop(name, None)  # type: ignore[union-attr]
+            # Stop every reachable replica now; agents that are down clean up
+            # when they come back (their name stays in the removal's pending list).
+            with trio.move_on_after(PEER_CALL_TIMEOUT_S):
+                await self._drop_everywhere(name)
             return {"name": name, "deleted": True}
         return await self._delete_unmanaged(name)
 
     async def _delete_unmanaged(self, name: str) -> object:
-        dropped = []
+        dropped = await self._drop_everywhere(name)
+        if not dropped:
+            raise ControlError("unknown_group", f"no agent hosts a group named {name}")
+        return {"name": name, "deleted": True, "deleted_on": dropped}
+
+    async def _drop_everywhere(self, name: str) -> list[str]:
+        """Stop and delete `name`'s replica on this and every connected agent."""
+        dropped: list[str] = []
         targets = [self.agent.config.name, *self.agent.connected_peers()]
 
         async def drop(agent: str) -> None:
@@ -345,10 +355,8 @@ class AgentOps:
         async with trio.open_nursery() as nursery:
             for a in targets:
                 nursery.start_soon(drop, a)
-        if not dropped:
-            raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         self.agent.router.leaders.pop(name, None)  # type: ignore[union-attr]
-        return {"name": name, "deleted": True, "deleted_on": sorted(dropped)}
+        return sorted(dropped)
 
     async def op_group_status(self, args: dict, events: Any) -> object:
         name = args["name"]
@@ -361,7 +369,7 @@ class AgentOps:
         st = await self.call_on(where, "replica_status", {"group": name})
         assert isinstance(st, dict)
         try:
-            cstate = await self.agent.fleet.state()
+            cstate = await self.agent.fleet.state(linearizable=True)
         except FleetError:
             cstate = None
         desired = cs.desired_members(cstate, name) if cstate and name in cstate["groups"] else None

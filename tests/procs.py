@@ -78,6 +78,7 @@ class AgentProc:
         self.join = join or []
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}  # extra RAFTFLEET_* settings for this agent
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.secret_file.exists():
             self.secret_file.write_bytes(SECRET)
@@ -112,7 +113,9 @@ class AgentProc:
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> AgentProc:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=env or clean_env())
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=log, stderr=log, env=env or clean_env(**self.env)
+        )
         log.close()
         if wait:
             wait_for(self.ping, 20, f"agent {self.name} to answer on its control socket")
@@ -166,7 +169,13 @@ class AgentProc:
 
 @contextlib.contextmanager
 def agents(
-    base: Path, n: int, *, first_octet: int = 11, in_memory: bool = False, start: bool = True
+    base: Path,
+    n: int,
+    *,
+    first_octet: int = 11,
+    in_memory: bool = False,
+    start: bool = True,
+    env: dict[str, str] | None = None,
 ) -> Iterator[list[AgentProc]]:
     """n agents on 127.0.0.<first_octet>..; the others join the first. Always stopped."""
     procs: list[AgentProc] = []
@@ -175,6 +184,7 @@ def agents(
             a = AgentProc(f"a{i + 1}", f"127.0.0.{first_octet + i}", base, in_memory=in_memory)
             if i:
                 a.join = [procs[0].address]
+            a.env = dict(env or {})
             procs.append(a)
         if start:
             for a in procs:

@@ -78,16 +78,18 @@ class FleetService:
             return None
         return r.applier.state  # type: ignore[no-any-return]
 
-    async def state(self) -> dict[str, Any]:
-        """The cluster state: our own applied replica's, else the leader's (linearizable)."""
+    async def state(self, *, linearizable: bool = False) -> dict[str, Any]:
+        """The cluster state.
+
+        By default our own applied replica's when we hold one that follows a
+        leader (what placement decisions use: one consistent applied state).
+        `linearizable` reads through the leader instead, so an operator who
+        just changed something sees the change from any agent.
+        """
         local = self.local_state()
-        if (
-            local is not None
-            and CLUSTER in self.host.replicas
-            and self.host.replicas[CLUSTER].member.config.voters
-        ):
-            mine = self.host.replicas[CLUSTER].member
-            if mine.is_leader or mine.leader is not None:
+        mine = self.host.replicas.get(CLUSTER)
+        if local is not None and mine is not None:
+            if mine.member.is_leader or (not linearizable and mine.member.leader is not None):
                 return local
         router = self.agent.router
         assert router is not None

@@ -1,0 +1,197 @@
+"""The fleet with real agents: zones, placement, rebalancing, purge, drain (issue: the fleet)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from raftfleet_cli.client import ControlError
+from tests.procs import AgentProc, CounterLoad, agents, connected_to_all, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAST = {"RAFTFLEET_RECONCILE_INTERVAL_S": "1"}
+
+
+def _activate(procs: list[AgentProc], zones: list[str]) -> None:
+    wait_for(lambda: connected_to_all(procs), 20, "agents to connect")
+    for p, z in zip(procs, zones, strict=True):
+        wait_for(lambda p=p, z=z: p.call("activate", zone=z), 20, f"{p.name} to activate")
+
+
+def _status(a: AgentProc, group: str) -> dict:
+    return a.call("group_status", name=group)  # type: ignore[return-value]
+
+
+def _all_converged(a: AgentProc, groups: list[str]) -> bool:
+    return all(_status(a, g)["converged"] for g in groups)
+
+
+def _counts(a: AgentProc) -> tuple[dict[str, int], dict[str, int]]:
+    nodes = a.call("nodes")["nodes"]  # type: ignore[index]
+    return (
+        {n["name"]: n["replicas"] or 0 for n in nodes if n["state"] == "active"},
+        {n["name"]: n["leaders"] or 0 for n in nodes if n["state"] == "active"},
+    )
+
+
+def test_seed_readme_example(tmp_path: Path) -> None:
+    with agents(tmp_path, 4, first_octet=111) as procs:
+        _activate(procs, ["zone1", "zone2", "zone1", "zone2"])
+        groups = [f"consensus{i}" for i in range(1, 6)]
+        for g in groups:
+            procs[0].call("group_create", name=g, replicas=3, type="counter", timeout=30)
+        assert procs[0].call("query", group="consensus1", arg="get")["reply"] == 0
+        assert procs[1].call("command", group="consensus1", arg="inc")["reply"] == 0
+        assert procs[2].call("query", group="consensus1", arg="get")["reply"] == 1
+        for g in groups:
+            st = _status(procs[3], g)
+            assert {m["zone"] for m in st["members"]} == {"zone1", "zone2"}, st
+            assert len(st["members"]) == 3
+        listed = procs[1].call("group_list")["groups"]
+        assert [x["name"] for x in listed] == groups
+        assert all(x["leader"] for x in listed)
+        with pytest.raises(ControlError) as e:
+            procs[0].call("group_create", name="consensus1")
+        assert e.value.code == "already_exists"
+
+
+@pytest.mark.parametrize(
+    ("n_agents", "zones"), [(3, ["z1", "z2", "z3"]), (4, ["z1", "z2", "z1", "z2"])]
+)
+def test_sixty_groups_spread_evenly(tmp_path: Path, n_agents: int, zones: list[str]) -> None:
+    with agents(tmp_path, n_agents, first_octet=121, env=FAST) as procs:
+        _activate(procs, zones)
+        procs[0].call("group_create", name="busy", timeout=30)
+        load = CounterLoad(procs[1], ["busy"], max_seconds=120).start()
+        groups = [f"g{i:02d}" for i in range(60)]
+        try:
+            for i, g in enumerate(groups):
+                procs[i % n_agents].call("group_create", name=g, timeout=30)
+            wait_for(lambda: _all_converged(procs[0], groups), 60, "placement to converge")
+        finally:
+            load.stop()
+        replicas, leaders = _counts(procs[0])
+        avg_r = sum(replicas.values()) / n_agents
+        avg_l = sum(leaders.values()) / n_agents
+        assert max(replicas.values()) <= 2 * avg_r, replicas
+        assert max(leaders.values()) <= 2 * avg_l, leaders
+        load.check_counters(procs[2])
+
+
+def test_scale_out_and_back_in_with_clients_running(tmp_path: Path) -> None:
+    with agents(tmp_path, 6, first_octet=131, env=FAST) as procs:
+        first, second = procs[:3], procs[3:]
+        _activate(first, ["z1", "z2", "z3"])
+        groups = [f"s{i}" for i in range(8)]
+        for g in groups:
+            first[0].call("group_create", name=g, timeout=30)
+        load = CounterLoad(first[0], groups, max_seconds=240).start()
+        try:
+            for p, z in zip(second, ["z1", "z2", "z3"], strict=True):
+                p.call("activate", zone=z)
+            wait_for(lambda: _all_converged(first[0], groups), 90, "rebalancing onto new agents")
+            placed = {m["agent"] for g in groups for m in _status(first[0], g)["members"]}
+            assert placed & {p.name for p in second}, "no replica moved to the new agents"
+            for p in second:
+                p.call("deactivate")
+            for p in second:
+                wait_for(lambda p=p: p.call("status")["replicas"] == 0, 90, f"{p.name} to drain")
+            wait_for(lambda: _all_converged(first[0], groups), 60, "placement back on 3 agents")
+        finally:
+            load.stop()
+        placed = {m["agent"] for g in groups for m in _status(first[0], g)["members"]}
+        assert placed <= {p.name for p in first}
+        assert load.acked[groups[0]] > 0
+        load.check_counters(first[1])
+        # Clients may wait through an election, never much longer.
+        assert load.longest_error_s <= 3.0, (load.longest_error_s, load.errors[:5])
+
+
+def test_dead_agent_is_purged_and_its_replicas_rebuilt(tmp_path: Path) -> None:
+    env = {**FAST, "RAFTFLEET_PURGE_WINDOW_S": "4"}
+    with agents(tmp_path, 4, first_octet=141, env=env) as procs:
+        _activate(procs, ["z1", "z2", "z3", "z1"])
+        groups = [f"p{i}" for i in range(6)]
+        for g in groups:
+            procs[0].call("group_create", name=g, timeout=30)
+        victim = procs[3]
+        hosted = [
+            g
+            for g in groups
+            if any(m["agent"] == victim.name for m in _status(procs[0], g)["members"])
+        ]
+        assert hosted, "the victim hosts nothing; placement changed?"
+        victim.kill()
+        for g in groups:  # groups keep serving with a majority left
+            wait_for(
+                lambda g=g: procs[1].call("command", group=g, arg="inc", timeout_s=1),
+                10,
+                f"{g} to serve",
+            )
+
+        def rebuilt() -> bool:
+            for g in groups:
+                members = {m["agent"] for m in _status(procs[0], g)["members"]}
+                if victim.name in members or len(members) != 3:
+                    return False
+            return True
+
+        wait_for(rebuilt, 60, "replicas rebuilt on the surviving agents")
+        nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
+        assert nodes[victim.name]["state"] == "inactive"
+        victim.start()
+        wait_for(lambda: victim.call("status")["state"] == "inactive", 20, "the victim to rejoin")
+        # Its stale replicas learn they were removed; nothing is disturbed.
+        wait_for(lambda: victim.call("status")["replicas"] == 0, 30, "stale replicas discarded")
+        for g in groups:
+            st = _status(procs[1], g)
+            assert victim.name not in {m["agent"] for m in st["members"]}
+            procs[2].call("command", group=g, arg="inc", timeout_s=1)
+
+
+def test_delete_then_recreate_same_name(tmp_path: Path) -> None:
+    with agents(tmp_path, 3, first_octet=151, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        procs[0].call("group_create", name="phoenix", type="kv", timeout=30)
+        procs[1].call("command", group="phoenix", arg=["put", "k", "v1"])
+        procs[2].call("group_delete", name="phoenix")
+        with pytest.raises(ControlError) as e:
+            procs[0].call("query", group="phoenix", arg=["get", "k"])
+        assert e.value.code in ("unknown_group", "no_leader")
+
+        def recreate() -> bool:
+            try:
+                procs[0].call("group_create", name="phoenix", type="kv", timeout=30)
+            except ControlError as e:
+                if e.code == "cleanup_ongoing":
+                    return False
+                raise
+            return True
+
+        wait_for(recreate, 30, "the name to be reusable")
+        assert procs[1].call("query", group="phoenix", arg=["get", "k"])["reply"] is None
+
+
+def test_drain_of_a_hundred_replicas_is_fast(tmp_path: Path) -> None:
+    with agents(tmp_path, 4, first_octet=161, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3", "z4"])
+        groups = [f"d{i:03d}" for i in range(134)]
+        for i, g in enumerate(groups):
+            procs[i % 4].call("group_create", name=g, timeout=30)
+        victim = procs[3]
+        replicas = victim.call("status")["replicas"]
+        assert replicas >= 90, replicas
+        t0 = time.monotonic()
+        victim.call("deactivate")
+        with victim.client() as c:
+            events = list(c.stream("drain_watch", timeout=120, timeout_s=120))
+        elapsed = time.monotonic() - t0
+        assert events and events[0]["replicas"] > 0
+        assert victim.call("status")["replicas"] == 0
+        assert victim.call("status")["state"] in ("inactive", "draining")
+        assert elapsed < 60, f"draining {replicas} replicas took {elapsed:.1f} s"
+        for g in groups[:10]:
+            procs[0].call("command", group=g, arg="inc", timeout_s=1)
