@@ -88,9 +88,11 @@ class FleetService:
         """
         local = self.local_state()
         mine = self.host.replicas.get(CLUSTER)
-        if local is not None and mine is not None:
-            if mine.member.is_leader or (not linearizable and mine.member.leader is not None):
-                return local
+        followed = mine is not None and (
+            mine.member.is_leader or (not linearizable and mine.member.leader is not None)
+        )
+        if local is not None and followed:
+            return local
         router = self.agent.router
         assert router is not None
         try:
