@@ -34,7 +34,7 @@ from raftfleet_agent.ops import AgentOps
 from raftfleet_agent.peers import PeerDirectory, probe, split_addr
 from raftfleet_agent.raft.member import RaftOptions
 from raftfleet_agent.storage import LogStore, open_store
-from raftfleet_agent.transport import LocalIdentity, PeerTransport
+from raftfleet_agent.transport import LocalIdentity, PeerTransport, TransportConfig
 
 logger = logging.getLogger("raftfleet.agent")
 
@@ -43,7 +43,7 @@ JOIN_BACKOFF_MAX_S = 10.0
 
 class Agent:
     def __init__(self, config: AgentConfig) -> None:
-        self.config = config
+        self.config = c = config
         self.identity: IdentityFile = self._open_identity()
         self.store: LogStore = open_store(config.data_dir, config.in_memory)
         self.peers = PeerDirectory(
@@ -68,6 +68,7 @@ class Agent:
             secret=config.cluster_secret,
             on_frame=self._on_frame,
             on_peer_state=self._on_peer_state,
+            config=TransportConfig(local_host=None if c.listen.is_wildcard else c.listen.host),
         )
         self.rpc: PeerRpc | None = None
         self.router: Router | None = None
@@ -232,8 +233,15 @@ class Agent:
             return
         if cluster and self.identity.cluster_id is None:
             self.identity.set_cluster_id(cluster)
-        if self.peers.learn(name, addr) or not self.transport.is_connected(name):
+        learned = self.peers.learn(name, addr)
+        if learned or not self.transport.is_connected(name):
             self.transport.set_peer_address(name, *split_addr(addr))
+        if learned and self.ops is not None:
+            # Pass news on: agents that joined through the same peer at the
+            # same time would otherwise never hear of each other.
+            for peer in self.connected_peers():
+                if peer != name:
+                    self.ops.greet(peer)
 
     def connected_peers(self) -> list[str]:
         return sorted(n for n in self.peers.addresses if self.transport.is_connected(n))

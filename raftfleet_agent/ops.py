@@ -36,6 +36,7 @@ logger = logging.getLogger("raftfleet.ops")
 
 PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
+PEER_TIMEOUT_S_MAX = 120.0  # a forwarded command's timeout (the control API allows 60 s)
 
 
 class AgentOps:
@@ -78,8 +79,11 @@ class AgentOps:
             cstate = None
         cluster_leader = self.agent.router.leaders.get(CLUSTER) if self.agent.router else None
         local = self.host.replicas.get(CLUSTER)
-        if local is not None and local.member.leader is not None:
-            cluster_leader = local.member.leader.agent
+        voters: list[str] | None = None
+        if local is not None:
+            voters = sorted(r.agent for r in local.member.config.voters)
+            if local.member.leader is not None:
+                cluster_leader = local.member.leader.agent
         return {
             "name": a.config.name,
             "zone": zone or a.config.zone,
@@ -90,6 +94,7 @@ class AgentOps:
             "cluster": {
                 "id": a.identity.cluster_id,
                 "leader": cluster_leader,
+                "voters": voters,
                 "agents": len(cstate["agents"]) if cstate else None,
                 "active_agents": sum(1 for x in cstate["agents"].values() if x["state"] == "active")
                 if cstate
@@ -363,10 +368,12 @@ class AgentOps:
         router = self.agent.router
         assert router is not None
         leader, _term = await router.find_leader(name)
-        where = leader or (self.agent.config.name if name in self.host.replicas else None)
-        if where is None:
-            raise ControlError("unknown_group", f"no agent hosts a group named {name}")
-        st = await self.call_on(where, "replica_status", {"group": name})
+        if leader is not None:
+            st = await self.call_on(leader, "replica_status", {"group": name})
+        else:
+            st = self._best(await self._survey(name))
+            if st is None:
+                raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         assert isinstance(st, dict)
         try:
             cstate = await self.agent.fleet.state(linearizable=True)
@@ -378,6 +385,14 @@ class AgentOps:
             m["zone"] = zones.get(m["agent"])
         have = {m["agent"] for m in st["members"]}
         st["desired"] = desired
+        if st.get("leader") is None:
+            # No leader: say which members cannot be reached, so an operator
+            # can tell a passing election from a lost majority.
+            reachable = {self.agent.config.name, *self.agent.connected_peers()}
+            st["lost"] = sorted(m["agent"] for m in st["members"] if m["agent"] not in reachable)
+            voters = [m for m in st["members"] if m["role"] != "learner"]
+            alive = [m for m in voters if m["agent"] in reachable]
+            st["majority_lost"] = len(alive) < len(voters) // 2 + 1
         st["converged"] = (
             bool(desired)
             and have == set(desired)
@@ -385,6 +400,72 @@ class AgentOps:
             and all(m["role"] != "learner" for m in st["members"])
         )
         return st
+
+    async def _survey(self, name: str) -> list[dict]:
+        """replica_status of `name` from every reachable agent that hosts a replica."""
+        found: list[dict] = []
+
+        async def ask(agent: str) -> None:
+            with contextlib.suppress(RpcError):
+                st = await self.call_on(agent, "replica_status", {"group": name})
+                if isinstance(st, dict):
+                    found.append(st)
+
+        async with trio.open_nursery() as n:
+            for a in [self.agent.config.name, *self.agent.connected_peers()]:
+                n.start_soon(ask, a)
+        return found
+
+    @staticmethod
+    def _best(states: list[dict]) -> dict | None:
+        """The most up-to-date replica: highest (last term, last index)."""
+        return max(
+            states, key=lambda s: (s.get("last_term", 0), s.get("last_index", 0)), default=None
+        )
+
+    async def op_group_recover(self, args: dict, events: Any) -> object:
+        """Rebuild a group that lost its majority from its most up-to-date survivor.
+
+        Loud and explicit: acknowledged writes held only by the lost replicas
+        are gone. Refused while the group has a leader.
+        """
+        name = args["name"]
+        router = self.agent.router
+        assert router is not None
+        leader, _ = await router.find_leader(name)
+        if leader is not None:
+            raise ControlError("bad_request", f"{name} has a leader ({leader}); nothing to recover")
+        survivors = await self._survey(name)
+        best = self._best(survivors)
+        if best is None:
+            raise ControlError("unknown_group", f"no reachable agent hosts a replica of {name}")
+        min_term = max(s.get("term", 0) for s in survivors)
+        source = best["reported_by"]
+        await self.call_on(source, "force_recover", {"group": name, "min_term": min_term})
+        logger.warning(
+            "group %s FORCE-RECOVERED from %s (last index %s); acknowledged writes "
+            "held only by lost replicas are gone",
+            name,
+            source,
+            best.get("last_index"),
+        )
+        self.agent.fleet.poke()
+        return {
+            "name": name,
+            "recovered_from": source,
+            "last_index": best.get("last_index"),
+            "survivors": sorted(s["reported_by"] for s in survivors),
+            "warning": "forced recovery: acknowledged writes held only by the lost "
+            "replicas may be lost",
+        }
+
+    async def peer_force_recover(self, peer: str, args: dict) -> object:
+        try:
+            return self.host.force_sole_voter(str(args.get("group")), int(args.get("min_term", 0)))
+        except UnknownGroup as e:
+            raise RpcError("unknown_group", str(e)) from None
+        except RaftError as e:
+            raise RpcError(getattr(e, "code", "internal"), str(e)) from None
 
     async def op_leader(self, args: dict, events: Any) -> object:
         router = self.agent.router
@@ -542,6 +623,7 @@ class AgentOps:
             "commit_index": st.commit_index,
             "applied_index": st.applied_index,
             "last_index": st.last_index,
+            "last_term": r.member.log.last_term,
             "snapshot_index": st.snapshot_index,
             "members": members,
             "lease_valid": st.lease_valid,
@@ -569,6 +651,7 @@ class AgentOps:
 
     async def _serve_routed(self, op: str, args: dict) -> object:
         assert self.agent.router is not None
+        _check_routed_args(op, args)
         try:
             return await self.agent.router.serve_locally(op, args)
         except RouteError as e:
@@ -587,3 +670,21 @@ class AgentOps:
         except RaftError as e:
             raise RpcError(getattr(e, "code", "internal"), str(e)) from None
         return True
+
+
+def _check_routed_args(op: str, args: dict) -> None:
+    """A forwarded command/query must look like what `Router` sends; a peer's
+    junk is a `bad_request` answer, not an `internal` one (or a task that waits
+    for a timeout of a billion seconds)."""
+    timeout_s = args.get("timeout_s")
+    problem = None
+    if type(args.get("group")) is not str or "arg" not in args:
+        problem = "needs a string group and an arg"
+    elif type(timeout_s) not in (int, float) or not 0 < timeout_s <= PEER_TIMEOUT_S_MAX:
+        problem = f"timeout_s must be a number in (0, {PEER_TIMEOUT_S_MAX:g}]"
+    elif op == "command" and (
+        type(args.get("client")) is not str or type(args.get("seq")) is not int
+    ):
+        problem = "needs a string client and an integer seq"
+    if problem is not None:
+        raise RpcError("bad_request", f"{op}: {problem}")

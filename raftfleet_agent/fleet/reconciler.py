@@ -96,7 +96,9 @@ class Reconciler:
         find_leader: Callable[[str], Awaitable[str | None]],
         new_replica_n: Callable[[], int],
         on_move: Callable[[str, str], None],
+        reachable: Callable[[str], bool] = lambda _agent: True,
     ) -> None:
+        self._reachable = reachable
         self._call = call
         self._find_leader = find_leader
         self._new_n = new_replica_n
@@ -130,8 +132,9 @@ class Reconciler:
 
     async def _step(self, plan: Plan, leader: str, members: list[Member]) -> str | None:
         by_agent = {m.agent: m for m in members}
+        # Agents that cannot be reached now are left for a later round (or purge).
         for agent in (*plan.voters, *plan.learners):
-            if agent not in by_agent:
+            if agent not in by_agent and self._reachable(agent):
                 await self._add_learner(plan, leader, agent)
                 return f"add {agent}"
         for m in members:

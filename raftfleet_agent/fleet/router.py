@@ -114,15 +114,22 @@ class Router:
     ) -> tuple[object, str]:
         group = args["group"]
         last = RouteError("no_leader", f"no leader found for {group}")
+        sent = False  # once a request may have reached a leader, its outcome is unknown
         for attempt in range(retries + 1):
             if attempt:
                 await trio.sleep(RETRY_PAUSE_S * attempt)
             agent = self.leaders.get(group) or await self._await_leader(group, timeout_s)
             if agent is None:
-                if group not in self.host.replicas and not await self._anyone_hosts(group):
+                if (
+                    not sent
+                    and group not in self.host.replicas
+                    and not await self._anyone_hosts(group)
+                ):
                     raise RouteError("unknown_group", f"no agent hosts a group named {group}")
-                last = RouteError("no_leader", f"{group} has no leader right now")
+                if not sent:
+                    last = RouteError("no_leader", f"{group} has no leader right now")
                 continue
+            sent = True
             try:
                 if agent == self.host.agent:
                     return await self.serve_locally(op, args), agent

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -69,6 +70,7 @@ class FleetService:
         self._unreachable_since: dict[str, float] = {}
         self._started = time.monotonic()
         self.reconciler: Reconciler | None = None
+        self._converging: set[str] = set()
 
     # ------------------------------------------------------------ cluster state
 
@@ -129,7 +131,7 @@ class FleetService:
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self.reconciler = Reconciler(
-            self._call, self._leader_of, self.agent.new_replica_id_n, self._moved
+            self._call, self._leader_of, self.agent.new_replica_id_n, self._moved, self._reachable
         )
         await self._maybe_found()
         async with trio.open_nursery() as n:
@@ -241,27 +243,40 @@ class FleetService:
         return await ops.call_on(agent, op, args)
 
     async def _reconcile_loop(self) -> None:
-        interval = self.agent.config.reconcile_interval_s
-        while True:
-            with trio.move_on_after(interval):
-                await self._changed.wait()
-            self._changed = trio.Event()
-            try:
-                await self.reconcile_once()
-            except FleetError as e:
-                logger.debug("reconcile: %s", e)
-            except Exception:
-                logger.exception("reconcile round failed")
+        """Start converging groups on every change and every interval.
 
-    async def reconcile_once(self) -> None:
+        A round never waits for slow moves: each group converges in its own
+        task (at most one per group, at most `max_moves_in_flight` at once),
+        so purge, cleanup and drain checks keep their pace.
+        """
+        interval = self.agent.config.reconcile_interval_s
+        limit = trio.CapacityLimiter(max(1, self.agent.config.max_moves_in_flight))
+        async with trio.open_nursery() as moves:
+            while True:
+                with trio.move_on_after(interval):
+                    await self._changed.wait()
+                self._changed = trio.Event()
+                try:
+                    await self.reconcile_once(moves, limit)
+                except FleetError as e:
+                    logger.debug("reconcile: %s", e)
+                except Exception:
+                    logger.exception("reconcile round failed")
+
+    async def reconcile_once(self, moves: trio.Nursery, limit: trio.CapacityLimiter) -> None:
         st = self.local_state()
         if st is None:
+            # No cluster-state replica here: nothing to plan. A draining agent
+            # loses that replica early, yet its drain must still finish.
+            if self.host.replicas.get(CLUSTER) is None:
+                with contextlib.suppress(FleetError):
+                    await self._maybe_drained(await self.state())
             return
-        plans = self._plans(st)
-        limit = trio.CapacityLimiter(max(1, self.agent.config.max_moves_in_flight))
+        for plan in self._plans(st):
+            if plan.group not in self._converging:
+                self._converging.add(plan.group)
+                moves.start_soon(self._converge, plan, limit)
         async with trio.open_nursery() as n:
-            for plan in plans:
-                n.start_soon(self._converge, plan, limit)
             n.start_soon(self._cleanup_removed, st)
             n.start_soon(self._maybe_drained, st)
             n.start_soon(self._maybe_purge, st)
@@ -285,14 +300,17 @@ class FleetService:
 
     async def _converge(self, plan: Plan, limit: trio.CapacityLimiter) -> None:
         assert self.reconciler is not None
-        async with limit:
-            self.moves_in_flight += 1
-            try:
-                await self.reconciler.converge(plan)
-            except (RpcError, RouteError, FleetError) as e:
-                logger.debug("%s: %s", plan.group, e)
-            finally:
-                self.moves_in_flight -= 1
+        try:
+            async with limit:
+                self.moves_in_flight += 1
+                try:
+                    await self.reconciler.converge(plan)
+                except (RpcError, RouteError, FleetError) as e:
+                    logger.debug("%s: %s", plan.group, e)
+                finally:
+                    self.moves_in_flight -= 1
+        finally:
+            self._converging.discard(plan.group)
 
     async def _cleanup_removed(self, st: dict) -> None:
         for g, info in sorted(st.get("removed", {}).items()):
@@ -314,6 +332,9 @@ class FleetService:
                 logger.info("drained: this agent hosts no replica any more")
             except FleetError as e:
                 logger.debug("drained: %s", e)
+
+    def _reachable(self, agent: str) -> bool:
+        return agent == self.name or self.agent.transport.is_connected(agent)
 
     def note_peer(self, peer: str, connected: bool) -> None:
         if connected:

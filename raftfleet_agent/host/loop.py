@@ -377,6 +377,12 @@ class MultiRaftHost:
         self._dirty.add(group)
         self._wake.set()
 
+    def force_sole_voter(self, group: str, min_term: int) -> int:
+        index = self._replica(group).member.force_sole_voter(min_term)
+        self._dirty.add(group)
+        self._wake.set()
+        return index
+
     def change_membership(self, group: str, op: ConfOp, replica: ReplicaId) -> int:
         """One single-server change on the local leader; returns the config entry's index."""
         index = self._replica(group).member.change_membership(op, replica)

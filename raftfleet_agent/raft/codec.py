@@ -201,6 +201,9 @@ def decode_message(v: object) -> m.Message:
     if len(v) != 6 + len(fields):
         raise CodecError(f"{cls.__name__}: expected {6 + len(fields)} fields, got {len(v)}")
     kw = {name: dec(v[6 + i], name) for i, (name, _enc, dec) in enumerate(fields)}
+    if cls is m.Append and kw["entries"] and kw["entries"][0].index != kw["prev_index"] + 1:
+        # The follower's log would get entries at the wrong positions.
+        raise CodecError("Append: entries do not start right after prev_index")
     return cls(
         frm=decode_replica(v[1:3]),
         to=decode_replica(v[3:5]),
@@ -217,5 +220,6 @@ def unpackb(data: bytes) -> object:
     """Decode one msgpack value. Callers bound `len(data)` first (frame size cap)."""
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise CodecError(f"not valid msgpack: {e}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, msgpack.UnpackException) as e:
+        # TypeError: an unhashable map key (a list); the others as in framing.py.
+        raise CodecError(f"not valid msgpack: {type(e).__name__}: {e}") from None

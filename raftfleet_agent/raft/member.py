@@ -328,6 +328,21 @@ class RaftMember:
         if self.role is Role.LEADER and msg.frm not in self.config.members:
             self._maybe_tell_removed(msg.frm)
             return
+        if msg.term > self.term and msg.frm not in self.config.members and self._in_lease():
+            # A stranger claims a newer term while our leader is alive: a
+            # removed replica, or a forgery (a transfer Vote or an Append would
+            # otherwise make us adopt any term, up to 2**64, and depose the
+            # leader). A real new leader we do not know yet is heard once the
+            # lease runs out, at most one election timeout later.
+            return
+        if (
+            msg.term == self.term
+            and isinstance(msg, _LEADER_MESSAGES)
+            and self.role is Role.FOLLOWER
+            and self.leader is not None
+            and msg.frm != self.leader
+        ):
+            return  # a term has one leader: this one is an impostor (or a bug)
         if msg.term > self.term:
             if not self._step_higher_term(msg):
                 return
@@ -381,7 +396,9 @@ class RaftMember:
                 self._heard_from_leader(msg.frm)
                 self._handle_snapshot(msg)
             case m.TimeoutNow():
-                if self._promotable():
+                # Only our leader may hand us its leadership (it sends this to a
+                # caught-up follower, which has heard from it in this term).
+                if msg.frm == self.leader and self._promotable():
                     self._campaign(pre=False, transfer=True)
             case m.Vote():
                 self._handle_vote(msg)
@@ -1039,6 +1056,32 @@ class RaftMember:
         stays off for the rest of the term either way.
         """
         self._transfer_target = None
+
+    # ------------------------------------------------------------ disaster recovery
+
+    def force_sole_voter(self, min_term: int = 0) -> int:
+        """Make this replica the group's only voter, now. UNSAFE by design.
+
+        The operator's last resort when a majority of the group is gone for
+        good (etcd's --force-new-cluster): whatever only the lost replicas
+        held, acknowledged writes included, is lost. The forced configuration
+        is appended under a term above any the survivors reported
+        (`min_term`), then the replica elects itself; the fleet re-adds
+        replicas afterwards. Returns the configuration entry's index.
+        """
+        if self.removed:
+            raise MembershipError("removed", "this replica was removed from its group")
+        if self.role is Role.LEADER:
+            self._become_follower(self.term, None)
+        self.term = max(self.term, min_term) + 1
+        self.vote = None
+        self.leader = None
+        cfg = Config(frozenset({self.id}))
+        index = self.log.last_index + 1
+        self.log.append(Entry(self.term, index, EntryKind.CONFIG, cfg))
+        self._set_config(index, cfg)
+        self._campaign(pre=False)
+        return index
 
     # ------------------------------------------------------------ snapshots
 

@@ -75,10 +75,15 @@ def _positive(_inst: object, attr: attrs.Attribute, value: float) -> None:
 
 
 @attrs.frozen(kw_only=True, field_transformer=lambda _cls, fields: [
-    f.evolve(validator=_positive) for f in fields
+    f.evolve(validator=_positive) if f.type in ("int", "float") else f for f in fields
 ])  # fmt: skip
 class TransportConfig:
-    """Limits and timings (all positive); the defaults suit a LAN cluster."""
+    """Limits and timings (all positive); the defaults suit a LAN cluster.
+
+    `local_host`: the address outgoing connections are bound to (the agent's
+    listen host), so a peer, or a proxy between agents, sees where a
+    connection comes from; None lets the kernel choose.
+    """
 
     frame_bytes_max: int = FRAME_BYTES_MAX
     queue_frames_max: int = 65_536  # per connection
@@ -89,6 +94,7 @@ class TransportConfig:
     connect_timeout_s: float = 5.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 5.0
+    local_host: str | None = None
 
 
 class PeerTransport:
@@ -452,7 +458,7 @@ class PeerTransport:
         """Connect and authenticate; on any failure or cancellation the socket is closed."""
         config = self._config
         with trio.fail_after(config.connect_timeout_s):
-            stream = await trio.open_tcp_stream(*address)
+            stream = await trio.open_tcp_stream(*address, local_address=config.local_host)
         try:
             tune_socket(stream)
             decoder = FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX)

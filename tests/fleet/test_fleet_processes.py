@@ -195,3 +195,60 @@ def test_drain_of_a_hundred_replicas_is_fast(tmp_path: Path) -> None:
         assert elapsed < 60, f"draining {replicas} replicas took {elapsed:.1f} s"
         for g in groups[:10]:
             procs[0].call("command", group=g, arg="inc", timeout_s=1)
+
+
+def test_lost_majority_is_reported_and_force_recovered(tmp_path: Path) -> None:
+    env = {**FAST, "RAFTFLEET_PURGE_WINDOW_S": "3"}
+    with agents(tmp_path, 5, first_octet=171, env=env) as procs:
+        _activate(procs, ["z1", "z2", "z3", "z1", "z2"])
+        # The cluster state itself must survive losing two agents: five voters first.
+        wait_for(
+            lambda: len(procs[0].call("status")["cluster"]["voters"] or []) == 5,
+            30,
+            "the cluster state to have five voters",
+        )
+        procs[0].call("group_create", name="fragile", timeout=30)
+        procs[0].call("command", group="fragile", arg="inc")
+        st = _status(procs[0], "fragile")
+        members = [m["agent"] for m in st["members"]]
+        by_name = {p.name: p for p in procs}
+        doomed = [by_name[a] for a in members if a != procs[0].name][:2]
+        if len(doomed) < 2:
+            doomed = [by_name[a] for a in members[1:]]
+        survivor_view = next(p for p in procs if p not in doomed)
+        keeper = next(by_name[a] for a in members if by_name[a] not in doomed)
+        wait_for(
+            lambda: keeper.call("query", group="fragile", arg="get", stale=True)["reply"] == 1,
+            10,
+            "the surviving replica to apply the first command",
+        )
+        for p in doomed:
+            p.kill()
+
+        def lost() -> dict | None:
+            s = _status(survivor_view, "fragile")
+            return s if s.get("majority_lost") else None
+
+        st = wait_for(lost, 20, "the lost majority to be reported")
+        assert sorted(st["lost"]) == sorted(p.name for p in doomed)
+        res = survivor_view.call("group_recover", name="fragile", force=True, timeout=30)
+        assert "lost" in res["warning"]
+        wait_for(
+            lambda: survivor_view.call("command", group="fragile", arg="inc", timeout_s=1),
+            20,
+            "the recovered group to serve",
+        )
+        # Once the dead agents are purged, the fleet rebuilds the group to full size.
+        seen: list[dict] = []
+
+        def rebuilt() -> bool:
+            seen.append(_status(survivor_view, "fragile"))
+            return len(seen[-1]["members"]) == 3 and bool(seen[-1]["converged"])
+
+        try:
+            wait_for(rebuilt, 60, "the group to be rebuilt on live agents", interval=0.5)
+        except AssertionError:
+            nodes = survivor_view.call("nodes")
+            raise AssertionError(f"not rebuilt: {seen[-1]}\nnodes: {nodes}") from None
+        value = survivor_view.call("query", group="fragile", arg="get")["reply"]
+        assert value >= 2  # the inc every replica had, and at least one after recovery
