@@ -2,7 +2,8 @@
 router and the control server together, and runs them under one nursery.
 
 Start order (each `serve_*` reports started before the next): store and
-recovery, peer listener, multi-raft loop, control socket; then READY=1.
+recovery, peer listener, multi-raft loop, control socket, metrics endpoint
+(with --metrics-listen); then READY=1.
 Stop (SIGTERM/SIGINT): STOPPING=1, hand leaderships to other replicas within
 `shutdown_budget_s`, cancel everything, let the store finish its commit,
 remove the control socket (the control server does), exit 0.
@@ -30,6 +31,7 @@ from raftfleet_agent.host import wire
 from raftfleet_agent.host.loop import MultiRaftHost
 from raftfleet_agent.host.rpc import PeerRpc, RpcError
 from raftfleet_agent.identity import IdentityFile, in_memory_identity, open_identity
+from raftfleet_agent.metrics import collect_agent, render, serve_metrics
 from raftfleet_agent.ops import AgentOps
 from raftfleet_agent.peers import PeerDirectory, probe, split_addr
 from raftfleet_agent.raft.member import RaftOptions
@@ -53,6 +55,7 @@ class Agent:
             election_ticks=config.election_ticks,
             heartbeat_ticks=config.heartbeat_ticks,
             lease_drift_ticks=max(1, config.election_ticks // 5),
+            quiesce_after_ticks=2 * config.election_ticks,
         )
         self.host = MultiRaftHost(
             agent=config.name,
@@ -73,6 +76,7 @@ class Agent:
         self.rpc: PeerRpc | None = None
         self.router: Router | None = None
         self.ops: AgentOps | None = None
+        self.control: ControlServer | None = None
         self.fleet = FleetService(self)
         self._stopping = False
 
@@ -109,6 +113,10 @@ class Agent:
         if connected and self.ops is not None:
             self.ops.greet(peer)
         self.fleet.note_peer(peer, connected)
+        if not connected:
+            woken = self.host.wake_led_by(peer)
+            if woken:
+                logger.info("woke %d quiescent groups led from %s", woken, peer)
 
     # ------------------------------------------------------------ life cycle
 
@@ -130,7 +138,7 @@ class Agent:
                 await nursery.start(self.transport.serve, c.listen.host, c.listen.port)
                 await nursery.start(self.host.run)
                 await nursery.start(self.fleet.run)
-                server = ControlServer(self.ops)
+                server = self.control = ControlServer(self.ops)
                 os.makedirs(os.path.dirname(c.control_socket) or ".", exist_ok=True)
                 await nursery.start(server.serve_unix, c.control_socket)
                 if c.control_listen is not None and c.control_token is not None:
@@ -139,6 +147,10 @@ class Agent:
                         c.control_listen.host,
                         c.control_listen.port,
                         c.control_token,
+                    )
+                if c.metrics_listen is not None:
+                    await nursery.start(
+                        serve_metrics, c.metrics_listen.host, c.metrics_listen.port, self.metrics
                     )
                 for hp in c.join:
                     nursery.start_soon(self._join_loop, hp.host, hp.port)
@@ -156,6 +168,10 @@ class Agent:
                 task_status.started()
         finally:
             await trio.to_thread.run_sync(self.store.close)
+
+    def metrics(self) -> str:
+        """This agent's metrics in the Prometheus text format (the /metrics body)."""
+        return render(collect_agent(self, self.control))
 
     async def _signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:

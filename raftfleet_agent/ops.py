@@ -22,6 +22,7 @@ from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
 from raftfleet_agent.host.loop import ReplicaExists, UnknownGroup
 from raftfleet_agent.host.rpc import PeerRpc, RpcError
+from raftfleet_agent.metrics import headline
 from raftfleet_agent.raft.codec import CodecError, decode_config, decode_replica, encode_config
 from raftfleet_agent.raft.errors import RaftError
 from raftfleet_agent.raft.membership import ConfOp
@@ -117,6 +118,7 @@ class AgentOps:
                 "messages_sent": st.messages_sent,
                 "messages_received": st.messages_received,
             },
+            "metrics": headline(self.host),
         }
 
     async def op_activate(self, args: dict, events: Any) -> object:

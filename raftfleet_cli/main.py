@@ -264,9 +264,10 @@ def drain(state: State, timeout: float | None, detach: bool) -> None:
 @pass_state
 def status(state: State) -> None:
     """This agent: name, zone, state, replica and leader counts, peers."""
-    from raftfleet_cli.views import STATUS_FIELDS, status_view
+    from raftfleet_cli.views import STATUS_FIELDS, status_metrics_rows, status_view
 
-    view = status_view(state.call("status", "status"))
+    raw = state.call("status", "status")
+    view = status_view(raw)
     out = state.out
     if out.json:
         out.document(view)
@@ -276,7 +277,13 @@ def status(state: State) -> None:
         out.rows(STATUS_FIELDS[:-1], [row])
         return
     cluster = view["cluster"]
-    out.fields([*zip(STATUS_FIELDS[:-1], row, strict=True), ("cluster", cluster.get("id"))])
+    out.fields(
+        [
+            *zip(STATUS_FIELDS[:-1], row, strict=True),
+            ("cluster", cluster.get("id")),
+            *status_metrics_rows(raw),
+        ]
+    )
     peers = cluster.get("peers")
     if isinstance(peers, dict) and peers:
         out.rows(

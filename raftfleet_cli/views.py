@@ -30,6 +30,7 @@ __all__ = [
     "nodes_from_status",
     "nodes_view",
     "reply_view",
+    "status_metrics_rows",
     "status_view",
 ]
 
@@ -106,6 +107,32 @@ def status_view(raw: object) -> dict[str, Any]:
     cluster = view["cluster"]
     view["cluster"] = dict(cluster) if isinstance(cluster, Mapping) else {}
     return view
+
+
+def _ms_pair(m: Mapping, p50: str, p99: str) -> str | None:
+    lo, hi = m.get(p50), m.get(p99)
+    if not isinstance(lo, int | float) or not isinstance(hi, int | float):
+        return None
+    return f"{lo:g} / {hi:g} ms (p50 / p99)"
+
+
+def status_metrics_rows(raw: object) -> list[tuple[str, object]]:
+    """Headline figures of `status` for table output; [] from an agent without them.
+
+    Not part of the `-o json` document (its fields are documented); the agent's
+    raw status carries them under "metrics".
+    """
+    m = _get(raw, "metrics")
+    if not isinstance(m, Mapping):
+        return []
+    commit = _ms_pair(m, "commit_p50_ms", "commit_p99_ms")
+    if commit is not None and isinstance(m.get("commits"), int):
+        commit += f", {m['commits']} commits"
+    return [
+        ("commit latency", commit),
+        ("store commit", _ms_pair(m, "store_commit_p50_ms", "store_commit_p99_ms")),
+        ("messages/s", m.get("messages_per_s")),
+    ]
 
 
 def _node(name: object, raw: object) -> dict[str, Any]:

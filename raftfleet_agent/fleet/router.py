@@ -48,6 +48,8 @@ class Router:
         agent = getattr(leader, "agent", None)
         if agent:
             self.leaders[group] = agent
+        else:
+            self.leaders.pop(group, None)  # an election is on: look again next time
 
     def new_request_id(self) -> tuple[str, int]:
         return self._client_id, next(self._seq)
@@ -70,9 +72,12 @@ class Router:
             if isinstance(res, dict) and isinstance(res.get("term"), int):
                 answers.append((res.get("leader"), res["term"]))
 
-        async with trio.open_nursery() as n:
-            for p in self._peers():
-                n.start_soon(ask, p)
+        # A peer that hangs (stopped process, blackholed link) must not hide the
+        # answers of the others: stop waiting at half the time, use what came.
+        with trio.move_on_after(timeout_s / 2):
+            async with trio.open_nursery() as n:
+                for p in self._peers():
+                    n.start_soon(ask, p)
         for leader, term in answers:
             if leader and term > best[1]:
                 best = (leader, term)

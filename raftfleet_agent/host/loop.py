@@ -32,12 +32,13 @@ import trio
 
 from raftfleet_agent.host import wire
 from raftfleet_agent.host.replica import LostLeadership, Replica, ReplicaGone, ReplicaMeta, Waiter
+from raftfleet_agent.metrics import HostMetrics
 from raftfleet_agent.raft.member import RaftMember, RaftOptions
 from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.messages import Message
 from raftfleet_agent.raft.ready import Ready
 from raftfleet_agent.raft.types import Config, ReplicaId
-from raftfleet_agent.statemachine import Applier, ApplyResult, encode_command
+from raftfleet_agent.statemachine import Applier, ApplyResult, SnapshotError, encode_command
 from raftfleet_agent.storage.api import GroupWrite, LogStore, WriteBatch
 
 logger = logging.getLogger("raftfleet.host")
@@ -55,6 +56,7 @@ class ReplicaExists(Exception):
 class HostStatistics:
     replicas: int
     leaders: int
+    awake: int  # replicas not quiescent (the ones the ticker still ticks)
     turns: int
     store_batches: int
     entries_written: int
@@ -68,6 +70,7 @@ class HostStatistics:
 class _Turn:
     readys: list[tuple[Replica, Ready]]
     extra: list[Waiter]
+    submitted_s: float = 0.0  # when handed to the store (metrics)
 
 
 class MultiRaftHost:
@@ -91,8 +94,13 @@ class MultiRaftHost:
         self.rng = rng or random.Random()
         self.replicas: dict[str, Replica] = {}
         self._dirty: set[str] = set()
+        # Groups that are not quiescent: only these are ticked, so an idle
+        # group costs nothing per tick (thousands of them, next to nothing).
+        self._awake: set[str] = set()
         self._wake = trio.Event()
         self._tick_due = False
+        self._epoch = 0.0  # when tick 0 was
+        self._ticks_done = 0  # ticks counted so far (ticked or skipped)
         self._durable: deque[tuple[_Turn, BaseException | None]] = deque()
         self._extra: list[tuple[GroupWrite, Waiter]] = []
         self._out: dict[str, list[tuple[str, Message]]] = defaultdict(list)
@@ -101,6 +109,7 @@ class MultiRaftHost:
         self._turns = self._batches = self._entries = 0
         self._sent = self._received = self._dropped = 0
         self.on_leader_change: Callable[[str, ReplicaId | None], None] | None = None
+        self.metrics = HostMetrics()
 
     # ------------------------------------------------------------ start
 
@@ -124,11 +133,13 @@ class MultiRaftHost:
             )
             self.replicas[rec.group] = Replica(rec.group, member, applier, meta.data_type)
             self._dirty.add(rec.group)
+            self._awake.add(rec.group)
         return len(self.replicas)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         """Run the ticker and the loop until cancelled; raises if the store failed."""
         self._token = trio.lowlevel.current_trio_token()
+        self._epoch = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ticker)
             task_status.started()
@@ -137,8 +148,28 @@ class MultiRaftHost:
     async def _ticker(self) -> None:
         while True:
             await trio.sleep(self.tick_interval_s)
+            self._catch_up()
+            self._ticks_done += 1
             self._tick_due = True
             self._wake.set()
+
+    def _catch_up(self) -> None:
+        """Count ticks that were missed (a paused process, an overloaded loop).
+
+        trio's sleep does not make up for lost time: after a SIGSTOP of many
+        seconds the ticker fires once, and under load every tick comes late.
+        Leases are measured in ticks, so ticks must follow the clock: every
+        replica is told how many ticks really passed (`skip`) before it serves
+        anything. Timers that start elections are not advanced by this.
+        """
+        due = int((trio.current_time() - self._epoch) / self.tick_interval_s)
+        missed = due - self._ticks_done - 1
+        if missed > 0:
+            self._ticks_done += missed
+            for r in self.replicas.values():
+                r.member.skip(missed)
+            if missed > 5:
+                logger.warning("the loop missed %d ticks (paused or overloaded)", missed)
 
     async def _loop(self) -> None:
         while True:
@@ -155,9 +186,7 @@ class MultiRaftHost:
         self._turns += 1
         if self._tick_due:
             self._tick_due = False
-            for r in self.replicas.values():
-                r.member.tick()
-            self._dirty.update(self.replicas)
+            self._tick_awake()
         while self._durable:
             turn, err = self._durable.popleft()
             if err is not None:
@@ -166,6 +195,17 @@ class MultiRaftHost:
             self._finish(turn)
         self._gather()
         self._flush_out()
+
+    def _tick_awake(self) -> None:
+        for g in list(self._awake):
+            r = self.replicas.get(g)
+            if r is None:
+                self._awake.discard(g)
+                continue
+            r.member.tick()
+            self._dirty.add(g)
+            if r.member.quiescent:
+                self._awake.discard(g)
 
     def _gather(self) -> None:
         readys: list[tuple[Replica, Ready]] = []
@@ -192,6 +232,7 @@ class MultiRaftHost:
         self._batches += 1
         batch = WriteBatch(tuple(writes))
         self._entries += batch.entry_count
+        turn.submitted_s = self.metrics.note_submitted(len(batch.writes), batch.entry_count)
         self.store.submit(batch, partial(self._on_durable_thread, turn))
 
     @staticmethod
@@ -219,6 +260,7 @@ class MultiRaftHost:
 
     def _on_durable(self, turn: _Turn, err: BaseException | None) -> None:
         self._in_flight -= 1
+        self.metrics.note_durable(turn.submitted_s)
         self._durable.append((turn, err))
         self._wake.set()
 
@@ -228,16 +270,29 @@ class MultiRaftHost:
                 continue
             self._queue(r.group, rd.messages)
             self._apply(r, rd)
+            self.metrics.note_ready(r.group, r.member.id, r.member.leader, len(rd.committed))
             self._dirty.add(r.group)
         for w in turn.extra:
             w.resolve(True)
 
     def _apply(self, r: Replica, rd: Ready) -> None:
-        was_leader = r.member.leader
         if rd.snapshot is not None:
-            r.applier = Applier(r.meta.data_type)
-            if rd.snapshot.data:
-                r.applier.restore(rd.snapshot.data)
+            applier = Applier(r.meta.data_type)
+            try:
+                if rd.snapshot.data:
+                    applier.restore(rd.snapshot.data)
+            except SnapshotError as e:
+                # Only this replica is affected: stop it, keep its rows for the
+                # operator, and let the fleet rebuild it elsewhere.
+                logger.error(
+                    "%s: snapshot %d from the leader is unusable: %s",
+                    r.group,
+                    rd.snapshot.meta.index,
+                    e,
+                )
+                self._drop(r, f"unusable snapshot: {e}")
+                return
+            r.applier = applier
         for e in rd.committed:
             r.apply(e)
         for rs in rd.reads:
@@ -251,8 +306,12 @@ class MultiRaftHost:
             return
         if r.applier.applied_index - r.member.log.offset >= self.snapshot_every:
             r.member.compact(r.applier.applied_index, r.applier.snapshot())
-        if self.on_leader_change is not None and r.member.leader != was_leader:
-            self.on_leader_change(r.group, r.member.leader)
+        if r.member.leader != r.known_leader:
+            # Compared with what we last reported, not with the state before this
+            # Ready: ticks and steps change the leader between Readys.
+            r.known_leader = r.member.leader
+            if self.on_leader_change is not None:
+                self.on_leader_change(r.group, r.member.leader)
 
     # ------------------------------------------------------------ messages
 
@@ -278,6 +337,32 @@ class MultiRaftHost:
                 continue
             r.member.step(msg)
             self._dirty.add(group)
+            if r.member.quiescent:
+                self._awake.discard(group)
+            else:
+                self._awake.add(group)
+        self._wake.set()
+
+    def wake_led_by(self, agent: str) -> int:
+        """`agent` became unreachable: wake the quiescent groups it leads.
+
+        Their followers restart their election timers from random points (see
+        RaftMember.wake), so the elections after an agent failure spread over
+        an election timeout instead of all starting at once.
+        """
+        woken = 0
+        for g, r in self.replicas.items():
+            m = r.member
+            if m.quiescent and m.leader is not None and m.leader.agent == agent:
+                m.wake()
+                self._touch(g)
+                woken += 1
+        return woken
+
+    def _touch(self, group: str) -> None:
+        """Something happened to `group`: tick it again and look for a Ready."""
+        self._dirty.add(group)
+        self._awake.add(group)
         self._wake.set()
 
     # ------------------------------------------------------------ replicas
@@ -303,6 +388,7 @@ class MultiRaftHost:
             member = RaftMember(replica, options=self.options, rng=rng)
         r = Replica(group, member, applier, data_type)
         self.replicas[group] = r
+        self._awake.add(group)
         await self._write_extra(GroupWrite(group=group, meta=r.meta.encode()))
 
     async def drop_replica(self, group: str) -> bool:
@@ -330,8 +416,7 @@ class MultiRaftHost:
 
     def campaign(self, group: str) -> None:
         self._replica(group).member.campaign()
-        self._dirty.add(group)
-        self._wake.set()
+        self._touch(group)
 
     def _replica(self, group: str) -> Replica:
         r = self.replicas.get(group)
@@ -348,16 +433,17 @@ class MultiRaftHost:
         r = self._replica(group)
         data = encode_command(client, seq, int(time.time() * 1000), arg)
         w = r.propose(data)
-        self._dirty.add(group)
-        self._wake.set()
-        return await self._wait(w, timeout_s)
+        self._touch(group)
+        result = await self._wait(w, timeout_s)
+        self.metrics.note_committed(w.created_s, w.resolved_s)
+        return result
 
     async def query(self, group: str, arg: object, timeout_s: float) -> ApplyResult:
         """A linearizable read on the leader (lease, else ReadIndex)."""
         r = self._replica(group)
+        self._catch_up()  # a read right after a pause must see the lost time first
         w = r.read(arg)
-        self._dirty.add(group)
-        self._wake.set()
+        self._touch(group)
         return await self._wait(w, timeout_s)
 
     def query_stale(self, group: str, arg: object) -> ApplyResult:
@@ -374,20 +460,17 @@ class MultiRaftHost:
 
     def transfer_leadership(self, group: str, target: ReplicaId) -> None:
         self._replica(group).member.transfer_leadership(target)
-        self._dirty.add(group)
-        self._wake.set()
+        self._touch(group)
 
     def force_sole_voter(self, group: str, min_term: int) -> int:
         index = self._replica(group).member.force_sole_voter(min_term)
-        self._dirty.add(group)
-        self._wake.set()
+        self._touch(group)
         return index
 
     def change_membership(self, group: str, op: ConfOp, replica: ReplicaId) -> int:
         """One single-server change on the local leader; returns the config entry's index."""
         index = self._replica(group).member.change_membership(op, replica)
-        self._dirty.add(group)
-        self._wake.set()
+        self._touch(group)
         return index
 
     # ------------------------------------------------------------ status
@@ -396,6 +479,7 @@ class MultiRaftHost:
         return HostStatistics(
             replicas=len(self.replicas),
             leaders=sum(1 for r in self.replicas.values() if r.member.is_leader),
+            awake=len(self._awake),
             turns=self._turns,
             store_batches=self._batches,
             entries_written=self._entries,

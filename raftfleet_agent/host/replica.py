@@ -7,6 +7,7 @@ answerable; nothing here awaits.
 from __future__ import annotations
 
 import itertools
+import time
 
 import attrs
 import msgpack
@@ -32,10 +33,14 @@ class Waiter:
 
     done: trio.Event = attrs.Factory(trio.Event)
     result: object = None
+    # For the commit-latency histogram (monotonic seconds): proposal to answer.
+    created_s: float = attrs.Factory(time.monotonic)
+    resolved_s: float = 0.0
 
     def resolve(self, result: object) -> None:
         if not self.done.is_set():
             self.result = result
+            self.resolved_s = time.monotonic()
             self.done.set()
 
 
@@ -68,6 +73,7 @@ class Replica:
         self.reads_pending: dict[int, tuple[object, Waiter]] = {}  # ctx -> (query arg, waiter)
         self.reads_ready: list[tuple[int, object, Waiter]] = []  # (index, arg, waiter)
         self.stopped = False
+        self.known_leader: ReplicaId | None = None  # the leader last reported to the router
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)

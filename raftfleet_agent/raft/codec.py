@@ -140,6 +140,7 @@ def _entries(v: object) -> tuple[Entry, ...]:
 def _ident(x: object) -> object:
     return x
 
+
 _FIELDS: dict[type[m.Message], list[tuple[str, Any, Any]]] = {
     m.PreVote: [("last_index", _ident, _int), ("last_term", _ident, _int)],
     m.PreVoteResp: [("granted", _ident, _bool)],
@@ -163,7 +164,7 @@ _FIELDS: dict[type[m.Message], list[tuple[str, Any, Any]]] = {
         ("hint_term", _ident, _int),
         ("round", _ident, _int),
     ],
-    m.Heartbeat: [("commit", _ident, _int), ("round", _ident, _int)],
+    m.Heartbeat: [("commit", _ident, _int), ("round", _ident, _int), ("quiesce", _ident, _bool)],
     m.HeartbeatResp: [("round", _ident, _int)],
     m.TimeoutNow: [],
     m.InstallSnapshot: [

@@ -88,6 +88,10 @@ class RaftOptions:
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = True
+    # Idle groups go quiet after this many ticks with nothing to do (0: never).
+    # A quiescent group sends no heartbeats and runs no election timers; the
+    # host wakes it when the agent of its leader is reported unreachable.
+    quiesce_after_ticks: int = 0
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks:
@@ -122,6 +126,7 @@ class MemberStatus:
     lease_valid: bool
     transfer_target: ReplicaId | None
     removed: bool
+    quiescent: bool = False
 
 
 _LEADER_MESSAGES = (m.Append, m.Heartbeat, m.InstallSnapshot, m.TimeoutNow)
@@ -169,6 +174,8 @@ class RaftMember:
         self._add_configs(self.log.entries)
         self._was_member = self.id in self.config.members
         self.removed = False
+        self.quiescent = False
+        self._idle_ticks = 0
         self.leader: ReplicaId | None = None
         self._now = 0
         self.election_elapsed = 0
@@ -259,6 +266,7 @@ class RaftMember:
             self.term, self.vote = term, None
         self.role = Role.FOLLOWER
         self.leader = leader
+        self.quiescent = False
         self._reset_leader_state()
         self.election_elapsed = 0
         self._randomized_timeout = self._new_timeout()
@@ -290,6 +298,7 @@ class RaftMember:
             raise SafetyViolation(f"{self.role} cannot become leader")
         self.role = Role.LEADER
         self.leader = self.id
+        self.quiescent = False
         self._reset_leader_state()
         # Sorted everywhere order shows in the output, so a seed replays exactly.
         for r in sorted(self.config.members - {self.id}):
@@ -307,11 +316,12 @@ class RaftMember:
     # ------------------------------------------------------------ inputs
 
     def tick(self) -> None:
-        """One unit of logical time passed."""
+        """One unit of logical time passed (a quiescent replica only counts it)."""
         if self.removed:
             return
         self._now += 1
-        self._tick()
+        if not self.quiescent:
+            self._tick()
 
     def campaign(self) -> None:
         """Start an election now, skipping pre-vote (used for a new group's first leader)."""
@@ -322,6 +332,8 @@ class RaftMember:
         """Handle a message from another replica of this group."""
         if self.removed or msg.to != self.id:
             return
+        if self.quiescent and self._wakes(msg):
+            self._unquiesce()
         if isinstance(msg, m.Removed):
             self._handle_removed(msg)
             return
@@ -471,6 +483,8 @@ class RaftMember:
     def _handle_heartbeat(self, msg: m.Heartbeat) -> None:
         self._advance_commit(min(msg.commit, self.log.last_index))
         self._send(m.HeartbeatResp(frm=self.id, to=msg.frm, term=self.term, round=msg.round))
+        if msg.quiesce and self.commit == msg.commit == self.log.last_index:
+            self.quiescent = True
 
     def _advance_commit(self, index: int) -> None:
         if index > self.commit:
@@ -636,6 +650,7 @@ class RaftMember:
         for pr in self.progress.values():
             if pr.state is ProgressState.SNAPSHOT and self._now - pr.snap_sent_tick >= e:
                 self._replicate_dirty = True  # chunk lost: resend it
+        self._maybe_quiesce()
 
     def _quorum_recently_active(self) -> bool:
         active = sum(
@@ -878,6 +893,8 @@ class RaftMember:
         """Append a command; returns its index. It is committed when applied with this term."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
+        if self.quiescent:
+            self._unquiesce()
         if self._transfer_target is not None:
             raise ProposalDropped(f"leadership transfer to {self._transfer_target} in progress")
         index = self.log.last_index + 1
@@ -894,6 +911,8 @@ class RaftMember:
         """
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
+        if self.quiescent:
+            self._unquiesce()
         if self.commit < self._term_start:
             self._reads_after_noop.append(ctx)
             return
@@ -907,8 +926,11 @@ class RaftMember:
         self._need_round = True
 
     def lease_valid(self) -> bool:
+        # A quiescent leader's clock stops (the host no longer ticks it), so a
+        # lease measured in its ticks would never run out: no lease while quiet.
         return (
             self.role is Role.LEADER
+            and not self.quiescent
             and self.opts.lease_reads
             and self.opts.check_quorum
             and not self._timeout_now_sent
@@ -922,6 +944,8 @@ class RaftMember:
         """Append a single-server change; returns its index. Effective at once (on append)."""
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
+        if self.quiescent:
+            self._unquiesce()
         if self._transfer_target is not None:
             raise MembershipError("transfer_in_progress", "a leadership transfer is in progress")
         if self.commit < self._term_start:
@@ -1035,6 +1059,8 @@ class RaftMember:
     def transfer_leadership(self, target: ReplicaId) -> None:
         if self.role is not Role.LEADER:
             raise NotLeader(self.leader)
+        if self.quiescent:
+            self._unquiesce()
         if target == self.id:
             raise TransferError("already_leader", f"{target} is already the leader")
         if target not in self.config.voters:
@@ -1056,6 +1082,95 @@ class RaftMember:
         stays off for the rest of the term either way.
         """
         self._transfer_target = None
+
+    # ------------------------------------------------------------ quiescence
+
+    def _wakes(self, msg: m.Message) -> bool:
+        """Does this message end a quiescent period?
+
+        A quiescent leader wakes on anything but a heartbeat answer from a
+        member (a follower that restarted and campaigns, say); a quiescent follower on anything from
+        its leader except the quiesce heartbeat itself.
+        """
+        if self.role is Role.LEADER:
+            # Not the answers to the quiesce heartbeat itself.
+            return msg.frm in self.config.members and not isinstance(msg, m.HeartbeatResp)
+        if isinstance(msg, m.Heartbeat) and msg.quiesce:
+            return False
+        return msg.frm == self.leader or msg.term != self.term
+
+    def _can_quiesce(self) -> bool:
+        last = self.log.last_index
+        if (
+            self._transfer_target is not None
+            or self._need_round
+            or self._pending_reads
+            or self._reads_after_noop
+            or self._pending_conf_index > self.commit
+            or self.commit != last
+            or self.log.persisted != last
+            or self.commit < self._term_start
+        ):
+            return False
+        e = self.opts.election_ticks
+        return all(
+            pr.match == last and not pr.inflight and self._now - pr.last_contact <= e
+            for pr in self.progress.values()
+        )
+
+    def _maybe_quiesce(self) -> None:
+        if not self.opts.quiesce_after_ticks or not self._can_quiesce():
+            self._idle_ticks = 0
+            return
+        self._idle_ticks += 1
+        if self._idle_ticks < self.opts.quiesce_after_ticks:
+            return
+        r = self._start_round()
+        for peer in self.progress:
+            self._send(
+                m.Heartbeat(
+                    frm=self.id, to=peer, term=self.term, commit=self.commit, round=r, quiesce=True
+                )
+            )
+        self.quiescent = True
+        # No heartbeats, and the host stops ticking us: the lease must not outlive them.
+        self._lease_until = 0
+
+    def _unquiesce(self) -> None:
+        self.quiescent = False
+        self._idle_ticks = 0
+        if self.role is Role.LEADER:
+            self._need_round = True  # tell the followers at once
+        else:
+            self.election_elapsed = 0
+
+    def skip(self, ticks: int) -> None:
+        """`ticks` ticks went by unprocessed (the process was paused, say by SIGSTOP).
+
+        They still count against what is promised in time, so a lease that
+        ran out during the pause is not honoured afterwards (a paused leader
+        must not serve stale reads). Election timers are not advanced: that
+        only delays an election, never endangers safety.
+        """
+        if ticks > 0:
+            self._now += ticks
+
+    def wake(self) -> None:
+        """The host suspects this group's leader is gone (its agent is unreachable).
+
+        A quiescent follower forgets its leader and restarts its election
+        timer from a random point, so that thousands of groups woken by one
+        agent failure campaign spread over an election timeout, not at once.
+        """
+        if not self.quiescent:
+            return
+        self.quiescent = False
+        self._idle_ticks = 0
+        if self.role is Role.LEADER:
+            self._need_round = True
+            return
+        self.leader = None
+        self.election_elapsed = -self.rng.randrange(self.opts.election_ticks)
 
     # ------------------------------------------------------------ disaster recovery
 
@@ -1212,6 +1327,7 @@ class RaftMember:
             lease_valid=self.lease_valid(),
             transfer_target=self._transfer_target,
             removed=self.removed,
+            quiescent=self.quiescent,
         )
 
 

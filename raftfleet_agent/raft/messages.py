@@ -75,6 +75,9 @@ class AppendResp(Message):
 class Heartbeat(Message):
     commit: int  # min(leader commit, follower match): never past what the follower holds
     round: int
+    # The leader goes quiet: the group is idle and everyone is caught up, so
+    # the follower may stop its election timer until something happens.
+    quiesce: bool = False
 
 
 @attrs.frozen(slots=True, kw_only=True)

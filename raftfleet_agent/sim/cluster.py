@@ -52,6 +52,7 @@ class SimResult:
     elections: int
     messages: int
     faults: int
+    quiesced: int  # times a leader went quiet (idle groups must be covered too)
 
 
 @attrs.frozen(kw_only=True)
@@ -68,6 +69,7 @@ class Faults:
     persist_p: float  # chance a pending disk write completes in a given step
     flap_p: float  # chance a new leader crashes within a few ticks of winning
     isolate_p: float  # chance a new leader is cut off from everyone as it wins
+    pause_p: float = 0.0  # chance a process freezes (SIGSTOP) for a while, then resumes
 
     @classmethod
     def draw(cls, rng: random.Random) -> Faults:
@@ -82,6 +84,7 @@ class Faults:
             persist_p=rng.choice([1.0, 0.7, 0.4]),
             flap_p=rng.choice([0.0, 0.0, 0.2, 0.5]),
             isolate_p=rng.choice([0.0, 0.0, 0.1, 0.3]),
+            pause_p=rng.choice([0.0, 0.0, 0.005, 0.02]),
         )
 
 
@@ -110,6 +113,7 @@ class Simulation:
             # Safety must not depend on the availability features: some runs go without.
             pre_vote=self.rng.random() < 0.75,
             check_quorum=self.rng.random() < 0.75,
+            quiesce_after_ticks=self.rng.choice([0, 0, 3, 20]),
         )
         self.faults = faults or Faults.draw(self.rng)
         self.net = SimNetwork(self.rng)
@@ -126,7 +130,10 @@ class Simulation:
         self.fault_count = 0
         self._roles: dict[ReplicaId, tuple[Role, int]] = {}
         self._commits: dict[ReplicaId, int] = {}
-        self._flaps: dict[ReplicaId, int] = {}  # leader -> tick it will crash at
+        self._flaps: dict[ReplicaId, int] = {}
+        self._client_rate = 0.3
+        self.quiesced = 0
+        self._quiet: dict[ReplicaId, bool] = {}  # leader -> tick it will crash at
         n = voters or self.rng.choice([1, 3, 3, 5])
         ids = [self._new_node() for _ in range(n)]
         cfg = Config(frozenset(ids))
@@ -175,19 +182,29 @@ class Simulation:
         self.now += 1
         self.net.now = self.now
         self._faults()
+        self._resume_paused()
         self._clients()
         for node in self.live():
+            if node.paused_until:
+                continue  # a frozen process does nothing at all
             if self.now >= node.skip_tick_until:
-                node.member.tick()  # type: ignore[union-attr]
+                # Like the agent's loop, never tick a quiescent replica.
+                if not node.member.quiescent:  # type: ignore[union-attr]
+                    node.member.tick()  # type: ignore[union-attr]
             elif self.rng.random() < 0.05:
                 node.skip_tick_until = self.now + 20  # bounded drift: one lost tick in 20
         for _ in range(3):
             for msg in self.net.due():
                 node = self.nodes.get(msg.to)
+                if node is not None and node.paused_until:
+                    self.net.hold(msg, node.paused_until)  # waits in the socket buffer
+                    continue
                 if node is not None and node.member is not None:
                     self.log(f"deliver {msg!r}")
                     node.member.step(msg)
             for node in self.live():
+                if node.paused_until:
+                    continue
                 if node.inflight is not None and self.rng.random() < self.faults.persist_p:
                     node.finish_ready()
                 node.begin_ready()
@@ -201,6 +218,10 @@ class Simulation:
             self.check.check_commit(mem, self._commits.get(mem.id, 0))
             self._commits[mem.id] = mem.commit
             prev = self._roles.get(mem.id)
+            if mem.is_leader and mem.quiescent and not self._quiet.get(mem.id):
+                self.quiesced += 1
+                self.log(f"{mem.id} quiesces")
+            self._quiet[mem.id] = mem.quiescent
             if mem.is_leader and prev != (Role.LEADER, mem.term):
                 self.elections += 1
                 self.log(f"{mem.id} leads term {mem.term}")
@@ -213,6 +234,7 @@ class Simulation:
                     # Its first appends (the no-op of its term) are lost in flight.
                     others = {r.agent for r in self.nodes} - {mem.id.agent}
                     self.net.partition({mem.id.agent}, others)
+                    self._lost_contact({mem.id.agent}, others)
                     self.log(f"isolate new leader {mem.id}")
             self._roles[mem.id] = (mem.role, mem.term)
         if self.now % 5 == 0:
@@ -238,6 +260,8 @@ class Simulation:
         for rid, since in list(self.crashed_at.items()):
             if self.now - since > 2 and rng.random() < 0.04:
                 self._restart(rid)
+        if live and rng.random() < f.pause_p:
+            self._pause(live)
         if rng.random() < f.partition_p:
             self._partition()
         elif self.net.cut and rng.random() < 0.02:
@@ -250,11 +274,46 @@ class Simulation:
 
     def _crash(self, victim: SimNode) -> None:
         victim.crash()
+        self._lost_contact({victim.id.agent}, {r.agent for r in self.nodes})
         self.crashed_at[victim.id] = self.now
         self._commits.pop(victim.id, None)
         self._roles.pop(victim.id, None)
         self.fault_count += 1
         self.log(f"crash {victim.id}")
+
+    def _pause(self, live: list[SimNode]) -> None:
+        lead = self._leader()
+        victim = self.nodes[lead.id] if lead and self.rng.random() < 0.5 else self.rng.choice(live)
+        if victim.paused_until:
+            return
+        ticks = self.rng.randint(5, 60)
+        victim.paused_at, victim.paused_until = self.now, self.now + ticks
+        self.fault_count += 1
+        self.log(f"pause {victim.id} for {ticks} ticks")
+        if ticks > 15:  # long enough for the peers' transports to give up on it
+            self._lost_contact({victim.id.agent}, {r.agent for r in self.nodes})
+
+    def _resume_paused(self) -> None:
+        for node in self.live():
+            if node.paused_until and self.now >= node.paused_until:
+                missed = node.paused_until - node.paused_at
+                node.paused_until = 0
+                # What the agent's loop does on waking: count the lost ticks first.
+                node.member.skip(missed)  # type: ignore[union-attr]
+                self.log(f"resume {node.id} after {missed} ticks")
+                deferred, node.deferred = node.deferred, []
+                for action in deferred:
+                    action()
+
+    def _lost_contact(self, gone: set[str], observers: set[str]) -> None:
+        """What the agent's transport does: replicas that cannot hear their leader's
+        agent any more are woken, so a quiescent group elects a new leader."""
+        for node in self.live():
+            m = node.member
+            assert m is not None
+            if node.id.agent in observers and m.quiescent and m.leader and m.leader.agent in gone:
+                m.wake()
+                self.log(f"wake {node.id}")
 
     def _restart(self, rid: ReplicaId) -> None:
         del self.crashed_at[rid]
@@ -271,6 +330,9 @@ class Simulation:
         k = self.rng.randint(1, max(1, len(agents) - 1))
         one_way = self.rng.random() < 0.3
         self.net.partition(set(agents[:k]), set(agents[k:]), one_way=one_way)
+        self._lost_contact(set(agents[:k]), set(agents[k:]))
+        if not one_way:
+            self._lost_contact(set(agents[k:]), set(agents[:k]))
         self.fault_count += 1
         self.log(f"partition {agents[:k]} | {agents[k:]} one_way={one_way}")
 
@@ -318,10 +380,13 @@ class Simulation:
     # ---------------------------------------------------------------- clients
 
     def _clients(self) -> None:
+        if self.now % 100 == 1:
+            # Busy and idle phases: idle groups quiesce, and must wake correctly.
+            self._client_rate = self.rng.choice([0.3, 0.3, 0.05, 0.0])
         for c in self.clients:
             if c.op is not None and self.now >= c.op.deadline:
                 self._retry(c)
-            elif c.op is None and self.rng.random() < 0.3:
+            elif c.op is None and self.rng.random() < self._client_rate:
                 c.seq += 1
                 kind = "read" if self.rng.random() < 0.3 else "cmd"
                 c.op = ClientOp(kind, (c.name, c.seq), invoked_commit=self.check.commit)
@@ -338,8 +403,16 @@ class Simulation:
         if node is None or node.member is None or self.rng.random() < 0.2:
             node = self.rng.choice(live)
         op.target, op.deadline = node.id, self.now + 30
-        mem = node.member
-        assert mem is not None
+        if node.paused_until:
+            # The request sits in the frozen process's socket until it resumes.
+            node.deferred.append(lambda c=c, node=node, rid=op.rid: self._issue(c, node, rid))
+            return
+        self._issue(c, node, op.rid)
+
+    def _issue(self, c: Client, node: SimNode, rid: tuple[str, int]) -> None:
+        op, mem = c.op, node.member
+        if op is None or op.rid != rid or mem is None:
+            return  # answered meanwhile, or the node crashed
         try:
             if op.kind == "cmd":
                 data = [op.rid[0], op.rid[1], "inc" if self.rng.random() < 0.9 else ["set", 0]]
@@ -395,6 +468,7 @@ class Simulation:
             self.elections,
             self.net.sent,
             self.fault_count,
+            self.quiesced,
         )
 
     def _await_progress(self, ticks: int) -> None:
@@ -414,5 +488,43 @@ class Simulation:
         raise SimViolation(f"liveness: no command committed within {ticks} ticks after healing")
 
 
-def run_seed(seed: int, steps: int, factory: MemberFactory = RaftMember) -> SimResult:
-    return Simulation(seed, factory=factory).run(steps)
+def churn_profile(seed: int) -> dict:
+    """Leader churn with one-entry appends and no pre-vote or check-quorum.
+
+    Old-term entries then often reach a majority before the new leader's
+    no-op does: the situation of the paper's Figure 8, which the random
+    profile reaches only rarely (pre-vote and stickiness make it hard).
+    """
+    rng = random.Random(seed ^ 0x5EED)
+    return {
+        "options": RaftOptions(
+            election_ticks=10,
+            heartbeat_ticks=1,
+            max_append_entries=1,
+            max_inflight=1,
+            pre_vote=False,
+            check_quorum=False,
+        ),
+        "faults": Faults(
+            loss=0.05,
+            dup=0.0,
+            long_delay_p=0.01,
+            crash_p=0.03,
+            partition_p=0.01,
+            membership_p=0.0,
+            transfer_p=0.0,
+            persist_p=0.7,
+            flap_p=0.5,
+            isolate_p=0.3,
+        ),
+        "voters": rng.choice([3, 5]),
+    }
+
+
+PROFILES = {"random": lambda seed: {}, "churn": churn_profile}
+
+
+def run_seed(
+    seed: int, steps: int, factory: MemberFactory = RaftMember, profile: str = "random"
+) -> SimResult:
+    return Simulation(seed, factory=factory, **PROFILES[profile](seed)).run(steps)

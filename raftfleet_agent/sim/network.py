@@ -56,6 +56,11 @@ class SimNetwork:
             out.append(msg)
         return out
 
+    def hold(self, msg: Message, until: int) -> None:
+        """Deliver `msg` again at `until` (its receiver is frozen until then)."""
+        self._seq += 1
+        heapq.heappush(self._queue, (until, self.rng.random(), self._seq, msg))
+
     def in_flight(self) -> int:
         return len(self._queue)
 

@@ -112,6 +112,9 @@ class SimNode:
         self.send = send
         self.compact_every = compact_every
         self.skip_tick_until = 0
+        self.paused_at = 0
+        self.paused_until = 0  # non-zero while the process is frozen
+        self.deferred: list[Callable[[], None]] = []  # client requests waiting for a resume
         self.gone = False  # removed from the group and stopped for good
 
     @property
@@ -123,6 +126,8 @@ class SimNode:
 
     def crash(self) -> None:
         self.member = None
+        self.paused_until = 0
+        self.deferred = []
         self.inflight = None
         self.reads = []
 

@@ -144,3 +144,56 @@ async def test_drop_replica_fails_waiters_and_deletes_rows(cluster: Fabric) -> N
         assert await h.drop_replica("gone")
         assert "gone" not in h.replicas
         assert all(rec.group != "gone" for rec in h.store.load())
+
+
+@pytest.fixture
+async def quiet_cluster(nursery: trio.Nursery):
+    fabric = Fabric()
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1, quiesce_after_ticks=5)
+    for i, a in enumerate(AGENTS):
+        host = MultiRaftHost(
+            agent=a,
+            store=MemoryLogStore(),
+            send_frame=fabric.sender(a),
+            options=opts,
+            tick_interval_s=0.01,
+            rng=random.Random(i),
+        )
+        fabric.hosts[a] = host
+        await nursery.start(host.run)
+    return fabric
+
+
+async def test_idle_groups_quiesce_and_wake(quiet_cluster: Fabric) -> None:
+    fabric = quiet_cluster
+    for i in range(10):
+        await _create(fabric, f"q{i}")
+    for i in range(10):
+        lead = await _leader(fabric, f"q{i}")
+        assert (await lead.command(f"q{i}", "inc", "c", 1, timeout_s=2)).reply == 0
+    # Idle: every replica goes quiet, and the ticker stops ticking them.
+    await _until(lambda: all(h.statistics().awake == 0 for h in fabric.hosts.values()))
+    lead = await _leader(fabric, "q0")
+    messages = sum(h.statistics().messages_sent for h in fabric.hosts.values())
+    await trio.sleep(0.3)  # thirty ticks of silence
+    assert sum(h.statistics().messages_sent for h in fabric.hosts.values()) == messages
+    # A command wakes the group and is served.
+    assert (await lead.command("q0", "inc", "c", 2, timeout_s=2)).reply == 1
+    # The agent of q1's leader dies: its quiescent followers are woken and elect another.
+    old = await _leader(fabric, "q1")
+    fabric.cut.add(old.agent)
+    for h in fabric.hosts.values():
+        if h is not old:
+            h.wake_led_by(old.agent)
+
+    async def new_leader() -> MultiRaftHost:
+        while True:
+            for h in fabric.hosts.values():
+                r = h.replicas["q1"]
+                if h is not old and r.member.is_leader:
+                    return h
+            await trio.sleep(0.01)
+
+    with trio.fail_after(5):
+        new = await new_leader()
+    assert (await new.command("q1", "inc", "c", 2, timeout_s=2)).reply == 1

@@ -1,0 +1,77 @@
+"""Idle groups go quiet (no heartbeats, no election timers) and wake correctly."""
+
+from __future__ import annotations
+
+from raftfleet_agent.raft import messages as m
+
+from .harness import A, B, C, Cluster, options
+
+QUIET = options(quiesce_after_ticks=5)
+
+
+def quiet_cluster(**kw: object) -> Cluster:
+    c = Cluster(opts=QUIET, **kw)  # type: ignore[arg-type]
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(8)
+    return c
+
+
+def test_an_idle_caught_up_group_goes_quiet_everywhere() -> None:
+    c = quiet_cluster()
+    assert all(c[r].quiescent for r in (A, B, C))
+    sent = len(c.sent)
+    c.run(50)  # fifty ticks: no heartbeat, no election, nothing at all
+    assert len(c.sent) == sent
+    assert c[A].is_leader and c[A].status().quiescent
+
+
+def test_a_quiet_leader_has_no_lease() -> None:
+    c = quiet_cluster()
+    assert not c[A].lease_valid()
+    c[A].read("r")
+    c.run(2)
+    # The read woke the group and went through a heartbeat round (ReadIndex).
+    assert [r.ctx for r in c.replicas[A].reads] == ["r"]
+    assert not c[B].quiescent
+
+
+def test_a_proposal_wakes_the_group_and_commits() -> None:
+    c = quiet_cluster()
+    c.propose(A, "y")
+    c.run(2)
+    assert c.state(B) == ["x", "y"]
+    assert not c[A].quiescent
+
+
+def test_followers_woken_after_the_leaders_agent_died_elect_a_new_leader() -> None:
+    c = quiet_cluster(rng_seed=7)  # real jitter: the woken followers must not tie forever
+    c.crash(A)
+    c.run(60)
+    assert not c.leaders()  # quiet followers do not notice on their own...
+    c[B].wake()  # ...the host tells them when A's agent is unreachable
+    c[C].wake()
+    c.run(60)
+    assert c.leaders() in ([B], [C])
+
+
+def test_a_restarted_follower_wakes_a_quiet_leader() -> None:
+    c = quiet_cluster()
+    c.crash(B)
+    c.restart(B)
+    c.run(40)  # B times out and pre-votes; the quiet leader wakes and heartbeats
+    assert c[B].leader == A
+    assert c.leaders() == [A]
+    assert any(isinstance(msg, m.Heartbeat) and not msg.quiesce for msg in c.sent[-20:])
+
+
+def test_a_lost_quiesce_heartbeat_only_delays_quiet() -> None:
+    c = Cluster(opts=QUIET)
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(5, drop=lambda msg: isinstance(msg, m.Heartbeat) and msg.quiesce and msg.to == C)
+    assert c[A].quiescent and not c[C].quiescent
+    c.run(40)  # C times out, pre-votes, wakes A; in the end everyone is quiet again
+    assert c.leaders() == [A]
+    c.run(20)
+    assert all(c[r].quiescent for r in (A, B, C))
