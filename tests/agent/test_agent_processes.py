@@ -193,3 +193,23 @@ def test_data_dir_of_another_agent_is_refused(tmp_path: Path) -> None:
     b.start(wait=False)
     assert b.proc is not None and b.proc.wait(20) == 1
     assert "owner" in b.log()
+
+
+def test_corrupt_store_stops_the_agent_and_keeps_the_file(tmp_path: Path) -> None:
+    a = AgentProc("crash-dummy", "127.0.0.15", tmp_path)
+    a.start()
+    a.call("group_create", name="g", agents=["crash-dummy"], replicas=1)
+    for _ in range(50):
+        _cmd(a, "g", "inc")
+    assert a.stop() == 0
+    db = a.data_dir / "raftfleet.db"
+    raw = bytearray(db.read_bytes())
+    assert len(raw) > 3 * 4096
+    for off in range(4096 + 100, len(raw) - 100, 4096):  # scribble over every page
+        raw[off : off + 64] = b"\xff" * 64
+    db.write_bytes(bytes(raw))
+    damaged = db.read_bytes()
+    a.start(wait=False)
+    assert a.proc is not None and a.proc.wait(20) == 1
+    assert str(db) in a.log()
+    assert db.read_bytes() == damaged  # left untouched for the operator

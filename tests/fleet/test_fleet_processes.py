@@ -252,3 +252,36 @@ def test_lost_majority_is_reported_and_force_recovered(tmp_path: Path) -> None:
             raise AssertionError(f"not rebuilt: {seen[-1]}\nnodes: {nodes}") from None
         value = survivor_view.call("query", group="fragile", arg="get")["reply"]
         assert value >= 2  # the inc every replica had, and at least one after recovery
+
+
+def test_two_agents_started_and_activated_together_share_one_cluster_state(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    with agents(tmp_path, 2, first_octet=191, start=False) as (a1, a2):
+        a2.start(wait=False)  # the joiner first: it retries until a1 answers
+        a1.start(wait=False)
+        for p in (a1, a2):
+            wait_for(p.ping, 20, f"{p.name} to start")
+        results: dict[str, object] = {}
+
+        def activate(p: AgentProc, zone: str) -> None:
+            results[p.name] = wait_for(lambda: p.call("activate", zone=zone), 30, "activate")
+
+        threads = [
+            threading.Thread(target=activate, args=(p, z)) for p, z in ((a1, "z1"), (a2, "z2"))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert set(results) == {"a1", "a2"}
+        views = [p.call("nodes")["nodes"] for p in (a1, a2)]
+        for nodes in views:
+            assert {(n["name"], n["state"]) for n in nodes} == {("a1", "active"), ("a2", "active")}
+        s1, s2 = a1.call("status")["cluster"], a2.call("status")["cluster"]
+        assert s1["id"] == s2["id"]
+        assert s1["leader"] == s2["leader"] is not None
+        a2.call("group_create", name="shared", timeout=30)
+        assert a1.call("query", group="shared", arg="get")["reply"] == 0

@@ -23,6 +23,8 @@ class Fabric:
     def __init__(self) -> None:
         self.hosts: dict[str, MultiRaftHost] = {}
         self.cut: set[str] = set()
+        self.frames: dict[tuple[str, str], int] = {}  # (from, to) -> frames sent
+        self.messages: dict[tuple[str, str], int] = {}
 
     def sender(self, frm: str):
         def send(to: str, frame: object) -> bool:
@@ -30,7 +32,10 @@ class Fabric:
                 return False
             kind, rest = wire.split(frame)
             assert kind == wire.RAFT
-            self.hosts[to].deliver(frm, wire.decode_raft(rest[0]))
+            batch = wire.decode_raft(rest[0])
+            self.frames[(frm, to)] = self.frames.get((frm, to), 0) + 1
+            self.messages[(frm, to)] = self.messages.get((frm, to), 0) + len(batch)
+            self.hosts[to].deliver(frm, batch)
             return True
 
         return send
@@ -197,3 +202,17 @@ async def test_idle_groups_quiesce_and_wake(quiet_cluster: Fabric) -> None:
     with trio.fail_after(5):
         new = await new_leader()
     assert (await new.command("q1", "inc", "c", 2, timeout_s=2)).reply == 1
+
+
+async def test_heartbeats_of_all_groups_share_one_frame_per_peer(cluster: Fabric) -> None:
+    for i in range(30):
+        await _create(cluster, f"h{i}")
+    for i in range(30):
+        await _leader(cluster, f"h{i}")
+    frames, messages = dict(cluster.frames), dict(cluster.messages)
+    await trio.sleep(0.5)  # about fifty ticks of heartbeats for thirty groups
+    for pair in (("a1", "a2"), ("a1", "a3")):
+        n_frames = cluster.frames[pair] - frames.get(pair, 0)
+        n_msgs = cluster.messages[pair] - messages.get(pair, 0)
+        # Thirty groups' heartbeats per tick, yet about one frame per tick.
+        assert n_msgs >= 20 * n_frames, (pair, n_frames, n_msgs)
