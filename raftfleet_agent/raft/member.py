@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import enum
 import random
-from collections import deque
 from collections.abc import Callable, Iterable
 
 import attrs
@@ -245,10 +244,12 @@ class RaftMember:
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
         self._round = 0
-        self._round_ticks: deque[tuple[int, int]] = deque()  # (round, tick it started)
+        # Lists, not deques: both stay short, and a deque costs ~600 bytes per
+        # replica even when empty (thousands of idle replicas per agent).
+        self._round_ticks: list[tuple[int, int]] = []  # (round, tick it started)
         self._lease_until = 0
         self._need_round = False
-        self._pending_reads: deque[tuple[object, int, int]] = deque()  # (ctx, index, round)
+        self._pending_reads: list[tuple[object, int, int]] = []  # (ctx, index, round)
         self._reads_after_noop: list[object] = []
         self._removal_notices: dict[ReplicaId, int] = {}  # replica -> config index removing it
         self._heartbeat_elapsed = 0
@@ -664,8 +665,11 @@ class RaftMember:
         self._round += 1
         self._round_ticks.append((self._round, self._now))
         horizon = self._now - 2 * self.opts.election_ticks
-        while len(self._round_ticks) > 1 and self._round_ticks[0][1] < horizon:
-            self._round_ticks.popleft()
+        drop = 0
+        while drop < len(self._round_ticks) - 1 and self._round_ticks[drop][1] < horizon:
+            drop += 1
+        if drop:
+            del self._round_ticks[:drop]
         return self._round
 
     def _broadcast_heartbeat(self) -> None:
@@ -744,9 +748,14 @@ class RaftMember:
                 lease = started + self.opts.election_ticks - self.opts.lease_drift_ticks
                 self._lease_until = max(self._lease_until, lease)
                 break
-        while self._pending_reads and self._pending_reads[0][2] <= q:
-            ctx, index, _r = self._pending_reads.popleft()
+        done = 0
+        for ctx, index, needed in self._pending_reads:
+            if needed > q:
+                break
             self._reads.append(ReadState(ctx, index))
+            done += 1
+        if done:
+            del self._pending_reads[:done]
 
     def _handle_append_resp(self, msg: m.AppendResp, pr: Progress) -> None:
         if not msg.success:
