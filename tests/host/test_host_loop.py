@@ -41,10 +41,8 @@ class Fabric:
         return send
 
 
-@pytest.fixture
-async def cluster(nursery: trio.Nursery):
+async def _start(nursery: trio.Nursery, opts: RaftOptions) -> Fabric:
     fabric = Fabric()
-    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
     for i, a in enumerate(AGENTS):
         host = MultiRaftHost(
             agent=a,
@@ -57,6 +55,11 @@ async def cluster(nursery: trio.Nursery):
         fabric.hosts[a] = host
         await nursery.start(host.run)
     return fabric
+
+
+@pytest.fixture
+async def cluster(nursery: trio.Nursery) -> Fabric:
+    return await _start(nursery, RaftOptions(election_ticks=10, heartbeat_ticks=1))
 
 
 async def _create(fabric: Fabric, group: str, n: int = 3) -> list[ReplicaId]:
@@ -152,21 +155,9 @@ async def test_drop_replica_fails_waiters_and_deletes_rows(cluster: Fabric) -> N
 
 
 @pytest.fixture
-async def quiet_cluster(nursery: trio.Nursery):
-    fabric = Fabric()
+async def quiet_cluster(nursery: trio.Nursery) -> Fabric:
     opts = RaftOptions(election_ticks=10, heartbeat_ticks=1, quiesce_after_ticks=5)
-    for i, a in enumerate(AGENTS):
-        host = MultiRaftHost(
-            agent=a,
-            store=MemoryLogStore(),
-            send_frame=fabric.sender(a),
-            options=opts,
-            tick_interval_s=0.01,
-            rng=random.Random(i),
-        )
-        fabric.hosts[a] = host
-        await nursery.start(host.run)
-    return fabric
+    return await _start(nursery, opts)
 
 
 async def test_idle_groups_quiesce_and_wake(quiet_cluster: Fabric) -> None:

@@ -37,11 +37,11 @@ from raftfleet_agent.raft.types import (
     Config,
     Entry,
     EntryKind,
-    HardState,
     ReadState,
     ReplicaId,
     Snapshot,
 )
+from raftfleet_agent.sim.node import Disk as SimDisk
 
 A, B, C, D, E = (ReplicaId(name, 1) for name in "abcde")
 ALL = (A, B, C, D, E)
@@ -81,28 +81,15 @@ def is_msg(
 
 
 @attrs.define
-class Disk:
-    """What a replica's store would hold: exactly what its Readys handed over."""
+class Disk(SimDisk):
+    """What a replica's store would hold (the simulator's disk), counting writes."""
 
-    hard_state: HardState = attrs.Factory(HardState)
-    snapshot: Snapshot | None = None
-    entries: list[Entry] = attrs.Factory(list)
     writes: int = 0
 
     def persist(self, rd: Ready) -> None:
-        if not rd.must_persist:
-            return
-        self.writes += 1
-        for snap in (rd.snapshot, rd.compacted):
-            if snap is not None:
-                self.snapshot = snap
-                self.entries = [e for e in self.entries if e.index > snap.meta.index]
-        if rd.entries:
-            first = rd.entries[0].index
-            self.entries = [e for e in self.entries if e.index < first]
-            self.entries.extend(rd.entries)
-        if rd.hard_state is not None:
-            self.hard_state = rd.hard_state
+        if rd.must_persist:
+            self.writes += 1
+            super().persist(rd)
 
 
 @attrs.define(eq=False)
