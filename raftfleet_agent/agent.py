@@ -17,6 +17,7 @@ import random
 import secrets
 import signal
 import uuid
+from collections.abc import Callable
 from functools import partial
 
 import trio
@@ -79,6 +80,7 @@ class Agent:
         self.control: ControlServer | None = None
         self.fleet = FleetService(self)
         self._stopping = False
+        self.reload_config: Callable[[], AgentConfig] | None = None
 
     def _open_identity(self) -> IdentityFile:
         c = self.config
@@ -186,10 +188,11 @@ class Agent:
                 return
 
     def _reload_log_level(self) -> None:
-        from raftfleet_agent.config import load_config
-
+        if self.reload_config is None:
+            logger.info("SIGHUP: no configuration to re-read")
+            return
         try:
-            level = load_config({}, os.environ, self.config.config_file).log_level
+            level = self.reload_config().log_level
         except Exception as e:  # a broken file on reload keeps the old level
             logger.warning("SIGHUP: keeping log level %s: %s", self.config.log_level, e)
             return
@@ -276,10 +279,12 @@ def to_control_error(e: BaseException) -> ControlError:
     return ControlError("internal", f"{type(e).__name__}: {e}")
 
 
-async def run_agent(config: AgentConfig) -> None:
+async def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | None) -> None:
     agent = Agent(config)
+    agent.reload_config = reload
     await agent.run()
 
 
-def serve(config: AgentConfig) -> None:
-    trio.run(partial(run_agent, config))
+def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
+    """Run an agent until SIGTERM/SIGINT; `reload` re-reads the configuration on SIGHUP."""
+    trio.run(partial(run_agent, config, reload))

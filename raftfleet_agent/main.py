@@ -57,7 +57,7 @@ def main(config_path: str | None, **cli: object) -> None:
     from raftfleet_agent.storage import StoreError
 
     try:
-        serve(config)
+        serve(config, reload=lambda: load_config(cli, os.environ, config_path))
     except (StoreError, IdentityError) as e:
         _fail(str(e), 1)
     except OSError as e:

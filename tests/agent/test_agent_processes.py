@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
 import struct
@@ -213,3 +214,21 @@ def test_corrupt_store_stops_the_agent_and_keeps_the_file(tmp_path: Path) -> Non
     assert a.proc is not None and a.proc.wait(20) == 1
     assert str(db) in a.log()
     assert db.read_bytes() == damaged  # left untouched for the operator
+
+
+def test_sighup_rereads_the_log_level(tmp_path: Path) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text('log_level = "info"\n')
+    a = AgentProc("hup", "127.0.0.14", tmp_path, in_memory=True, extra_args=["--config", str(conf)])
+    a.argv = lambda orig=a.argv: [x for x in orig() if x not in ("--log-level", "info")]  # type: ignore[method-assign]
+    try:
+        a.start()
+        conf.write_text('log_level = "debug"\n')
+        a.signal(signal.SIGHUP)
+        wait_for(lambda: "log level is now debug" in a.log(), 10, "the reload")
+        conf.write_text('log_level = "loud"\n')  # a broken value keeps the old level
+        a.signal(signal.SIGHUP)
+        wait_for(lambda: "keeping log level" in a.log(), 10, "the refused reload")
+        assert a.ping()
+    finally:
+        a.stop()
