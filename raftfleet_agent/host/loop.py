@@ -344,17 +344,19 @@ class MultiRaftHost:
         self._wake.set()
 
     def wake_led_by(self, agent: str) -> int:
-        """`agent` became unreachable: wake the quiescent groups it leads.
+        """`agent` became unreachable: tell the replicas it leads.
 
-        Their followers restart their election timers from random points (see
-        RaftMember.wake), so the elections after an agent failure spread over
-        an election timeout instead of all starting at once.
+        Quiescent ones wake, restarting their election timers from random
+        points (RaftMember.wake), so the elections after an agent failure
+        spread over an election timeout instead of all starting at once;
+        active followers campaign as soon as a new leader can be elected
+        (RaftMember.leader_lost), which makes failover about one timeout.
         """
         woken = 0
         for g, r in self.replicas.items():
             m = r.member
-            if m.quiescent and m.leader is not None and m.leader.agent == agent:
-                m.wake()
+            if m.leader is not None and m.leader.agent == agent and m.leader != m.id:
+                m.leader_lost()
                 self._touch(g)
                 woken += 1
         return woken

@@ -1153,6 +1153,21 @@ class RaftMember:
         else:
             self.election_elapsed = 0
 
+    def leader_lost(self) -> None:
+        """The host lost its connection to the agent of this replica's leader.
+
+        Campaign as soon as the other voters may answer: one election timeout
+        after they last heard from the leader (their stickiness guard, which
+        protects the leader's lease, is not shortened), plus a tick or two of
+        jitter, instead of after a random one to two timeouts. A quiescent
+        replica is woken instead (its elections are spread out on purpose).
+        """
+        if self.quiescent:
+            self.wake()
+            return
+        if self.role is Role.FOLLOWER and self.leader is not None and self._promotable():
+            self._randomized_timeout = self.opts.election_ticks + 1 + self.rng.randrange(2)
+
     def skip(self, ticks: int) -> None:
         """`ticks` ticks went by unprocessed (the process was paused, say by SIGSTOP).
 

@@ -306,14 +306,19 @@ class Simulation:
                     action()
 
     def _lost_contact(self, gone: set[str], observers: set[str]) -> None:
-        """What the agent's transport does: replicas that cannot hear their leader's
-        agent any more are woken, so a quiescent group elects a new leader."""
+        """What the agent does when its transport loses an agent: replicas whose
+        leader lived there wake (if quiescent) or campaign as early as allowed."""
         for node in self.live():
             m = node.member
             assert m is not None
-            if node.id.agent in observers and m.quiescent and m.leader and m.leader.agent in gone:
-                m.wake()
-                self.log(f"wake {node.id}")
+            if (
+                node.id.agent in observers
+                and m.leader
+                and m.leader.agent in gone
+                and m.leader != m.id
+            ):
+                m.leader_lost()
+                self.log(f"leader lost: {node.id}")
 
     def _restart(self, rid: ReplicaId) -> None:
         del self.crashed_at[rid]
