@@ -387,6 +387,12 @@ class RaftMember:
             )
         elif isinstance(msg, m.PreVote):
             self._send(m.PreVoteResp(frm=self.id, to=msg.frm, term=self.term, granted=False))
+        elif isinstance(msg, m.Vote):
+            # Tell a candidate it is behind (§5.1), or two candidates can leapfrog
+            # each other's terms forever: one that does not ask us for votes (a
+            # stale configuration) keeps raising its term while the other, which
+            # needs our vote, never learns it (found by the simulator, seed 1056).
+            self._send(m.VoteResp(frm=self.id, to=msg.frm, term=self.term, granted=False))
 
     def _in_lease(self) -> bool:
         if self._now < self._quiet_until:
