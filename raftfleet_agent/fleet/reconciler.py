@@ -152,8 +152,13 @@ class Reconciler:
         ):
             await self._transfer(plan.group, leader, want)
             return f"leader -> {want}"
+        # Make before break: a voter leaves only once every desired voter is
+        # in. A desired agent that cannot be reached now was skipped above;
+        # removing anyway would shrink the group below its size (found by the
+        # fault campaign: 3 -> 2 voters, then one wiped disk lost the majority).
+        complete = all(a in by_agent and by_agent[a].voter for a in plan.voters)
         for m in members:
-            if m.agent not in plan.agents and m.agent != leader:
+            if m.agent not in plan.agents and m.agent != leader and (complete or not m.voter):
                 await self._change(leader, plan.group, "remove", m.replica)
                 return f"remove {m.agent}"
         for m in members:
