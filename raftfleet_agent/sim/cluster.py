@@ -453,9 +453,18 @@ class Simulation:
 
     def heal(self) -> None:
         self.net.heal()
+        # Every fault stops: liveness is judged on a quiet network and steady nodes.
         self.faults = attrs.evolve(
-            self.faults, crash_p=0.0, partition_p=0.0, membership_p=0.0, transfer_p=0.0
+            self.faults,
+            crash_p=0.0,
+            partition_p=0.0,
+            membership_p=0.0,
+            transfer_p=0.0,
+            flap_p=0.0,
+            isolate_p=0.0,
+            pause_p=0.0,
         )
+        self._flaps.clear()
         for rid in list(self.crashed_at):
             self._restart(rid)
 
