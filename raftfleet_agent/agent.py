@@ -81,6 +81,8 @@ class Agent:
         self.fleet = FleetService(self)
         self._stopping = False
         self.reload_config: Callable[[], AgentConfig] | None = None
+        self._last_heard: dict[str, float] = {}  # peer -> trio time of its last frame
+        self._silent: set[str] = set()  # connected peers that stopped talking
 
     def _open_identity(self) -> IdentityFile:
         c = self.config
@@ -102,6 +104,9 @@ class Agent:
     def _on_frame(self, peer: str, frame: object) -> None:
         # Raising here makes the transport drop this peer's connection (bad frames).
         kind, rest = wire.split(frame)
+        self._heard(peer)
+        if kind == wire.PING:
+            return
         if kind == wire.RAFT:
             self.host.deliver(peer, wire.decode_raft(rest[0]))
         elif self.rpc is not None:
@@ -110,8 +115,40 @@ class Agent:
             else:
                 self.rpc.on_answer(rest)
 
+    def _heard(self, peer: str) -> None:
+        self._last_heard[peer] = trio.current_time()
+        if peer in self._silent:
+            self._silent.discard(peer)
+            logger.info("peer %s speaks again", peer)
+            self.fleet.note_peer(peer, True)
+
+    async def _liveness(self) -> None:
+        """Ping every peer; treat one silent for two election timeouts as gone.
+
+        A frozen process (SIGSTOP, a hung VM) keeps its connections open, so
+        the transport never reports it; without this, followers of a quiescent
+        group led from there would wait forever.
+        """
+        interval = max(0.05, self.config.election_timeout_s / 4)
+        silent_after = 2 * self.config.election_timeout_s
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for peer in self.connected_peers():
+                self.transport.send(peer, [wire.PING])
+                last = self._last_heard.setdefault(peer, now)
+                if now - last > silent_after and peer not in self._silent:
+                    self._silent.add(peer)
+                    logger.warning(
+                        "peer %s silent for %.1f s: treating it as down", peer, now - last
+                    )
+                    self.host.wake_led_by(peer)
+                    self.fleet.note_peer(peer, False)
+
     def _on_peer_state(self, peer: str, connected: bool) -> None:
         logger.info("peer %s %s", peer, "connected" if connected else "disconnected")
+        if connected:
+            self._last_heard[peer] = trio.current_time()
         if connected and self.ops is not None:
             self.ops.greet(peer)
         self.fleet.note_peer(peer, connected)
@@ -157,6 +194,7 @@ class Agent:
                 for hp in c.join:
                     nursery.start_soon(self._join_loop, hp.host, hp.port)
                 nursery.start_soon(self._signals, nursery.cancel_scope)
+                nursery.start_soon(self._liveness)
                 interval = sdnotify.watchdog_interval_s()
                 if interval is not None:
                     nursery.start_soon(sdnotify.serve_watchdog, interval)

@@ -606,15 +606,18 @@ class AgentOps:
             else:
                 role = "learner" if rid in st.learners else "follower"
             if rid == st.replica:
-                match = st.last_index
+                match, contact = st.last_index, 0
+            elif rid in follower:
+                match, contact = follower[rid].match_index, follower[rid].ticks_since_contact
             else:
-                match = follower[rid].match_index if rid in follower else None
+                match, contact = None, None
             members.append(
                 {
                     "agent": rid.agent,
                     "replica_id": [rid.agent, rid.n],
                     "role": role,
                     "match_index": match,
+                    "contact_ticks": contact,
                 }
             )
         return {
@@ -630,6 +633,7 @@ class AgentOps:
             "members": members,
             "lease_valid": st.lease_valid,
             "reported_by": self.agent.config.name,
+            "replica_id": [st.replica.agent, st.replica.n],
         }
 
     async def peer_change_membership(self, peer: str, args: dict) -> object:

@@ -47,6 +47,7 @@ class Member:
     replica: tuple[str, int]
     role: str  # leader | follower | learner
     match_index: int | None
+    contact_ticks: int | None = None  # ticks since the leader last heard from it
 
     @property
     def voter(self) -> bool:
@@ -76,7 +77,11 @@ def parse_members(status: dict) -> list[Member]:
             continue
         out.append(
             Member(
-                str(m["agent"]), (str(rid[0]), int(rid[1])), str(m["role"]), m.get("match_index")
+                str(m["agent"]),
+                (str(rid[0]), int(rid[1])),
+                str(m["role"]),
+                m.get("match_index"),
+                m.get("contact_ticks"),
             )
         )
     return out
@@ -97,8 +102,10 @@ class Reconciler:
         new_replica_n: Callable[[], int],
         on_move: Callable[[str, str], None],
         reachable: Callable[[str], bool] = lambda _agent: True,
+        stale_ticks: int = 30,
     ) -> None:
         self._reachable = reachable
+        self._stale_ticks = stale_ticks
         self._call = call
         self._find_leader = find_leader
         self._new_n = new_replica_n
@@ -132,6 +139,12 @@ class Reconciler:
 
     async def _step(self, plan: Plan, leader: str, members: list[Member]) -> str | None:
         by_agent = {m.agent: m for m in members}
+        lost = await self._lost_member(plan.group, leader, members)
+        if lost is not None:
+            # Its agent is up but no longer holds this replica (a wiped data dir):
+            # nothing to break before making, remove it so a fresh one is added.
+            await self._change(leader, plan.group, "remove", lost.replica)
+            return f"remove lost replica on {lost.agent}"
         # Agents that cannot be reached now are left for a later round (or purge).
         for agent in (*plan.voters, *plan.learners):
             if agent not in by_agent and self._reachable(agent):
@@ -166,6 +179,23 @@ class Reconciler:
                 # A voter that should only learn (the cluster group shrinking).
                 await self._change(leader, plan.group, "remove", m.replica)
                 return f"remove {m.agent}"
+        return None
+
+    async def _lost_member(self, group: str, leader: str, members: list[Member]) -> Member | None:
+        """A member the leader has not heard from for long, whose reachable agent
+        says it does not host that replica (it was wiped and came back empty)."""
+        for m in members:
+            silent = m.contact_ticks is None or m.contact_ticks > self._stale_ticks
+            if m.agent == leader or not silent or not self._reachable(m.agent):
+                continue
+            try:
+                there = await self._call(m.agent, "replica_status", {"group": group})
+            except RpcError as e:
+                if e.code == "unknown_group":
+                    return m
+                continue
+            if isinstance(there, dict) and tuple(there.get("replica_id") or ()) != m.replica:
+                return m
         return None
 
     async def _add_learner(self, plan: Plan, leader: str, agent: str) -> None:

@@ -4,7 +4,9 @@ A frame is a list whose first element names its kind:
 - `["r", [[group, message], ...]]`: Raft messages of many groups (one frame per
   peer per loop turn, so every group's heartbeats to that peer travel together);
 - `["q", call_id, op, args]` / `["a", call_id, ok, value]`: an RPC call and its
-  answer (forwarded commands, replica hosting, status probes).
+  answer (forwarded commands, replica hosting, status probes);
+- `["p"]`: a liveness ping. A peer whose process is frozen keeps its TCP
+  connections open, so silence, not a closed connection, is what reveals it.
 Validation treats every frame as hostile: `WireError` for anything malformed,
 and the transport then drops the connection.
 """
@@ -17,6 +19,7 @@ from raftfleet_agent.raft.messages import Message
 RAFT = "r"
 CALL = "q"
 ANSWER = "a"
+PING = "p"  # "I am alive": sent to every peer twice a second, carries nothing
 
 GROUP_NAME_MAX = 256
 
@@ -59,6 +62,8 @@ def split(frame: object) -> tuple[str, list]:
     if not isinstance(frame, list) or not frame or type(frame[0]) is not str:
         raise WireError("frame: expected a list starting with its kind")
     kind, rest = frame[0], frame[1:]
+    if kind == PING and not rest:
+        return kind, rest
     if kind == RAFT and len(rest) == 1:
         return kind, rest
     if (

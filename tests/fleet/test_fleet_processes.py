@@ -285,3 +285,31 @@ def test_two_agents_started_and_activated_together_share_one_cluster_state(
         assert s1["leader"] == s2["leader"] is not None
         a2.call("group_create", name="shared", timeout=30)
         assert a1.call("query", group="shared", arg="get")["reply"] == 0
+
+
+def test_a_wiped_agent_gets_fresh_replicas(tmp_path: Path) -> None:
+    import shutil
+
+    with agents(tmp_path, 3, first_octet=201, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        procs[0].call("group_create", name="w", timeout=30)
+        procs[0].call("command", group="w", arg="inc")
+        victim = procs[2]
+        old = next(
+            m["replica_id"] for m in _status(procs[0], "w")["members"] if m["agent"] == victim.name
+        )
+        victim.kill()
+        shutil.rmtree(victim.data_dir)
+        victim.start()  # a new node id and no replicas: the old one must never come back
+
+        def rebuilt() -> bool:
+            st = _status(procs[0], "w")
+            mine = [m for m in st["members"] if m["agent"] == victim.name]
+            return bool(st["converged"]) and len(mine) == 1 and mine[0]["replica_id"] != old
+
+        wait_for(rebuilt, 60, "a fresh replica on the wiped agent")
+        wait_for(
+            lambda: victim.call("query", group="w", arg="get", stale=True)["reply"] == 1,
+            20,
+            "the fresh replica to catch up",
+        )
