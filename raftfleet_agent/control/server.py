@@ -356,6 +356,9 @@ class _Connection:
         self.idle_timeout_s = None if token is None else self.limits.idle_timeout_s
         self.decoder = FrameDecoder(self.limits.request_bytes_max)
         self.send_lock = trio.Lock()
+        # Frames waiting for the writer: replies that complete while a write is
+        # under way leave together, in one send (pipelining clients get many).
+        self._outbox: list[bytes] = []
         self.slots = trio.Semaphore(self.limits.max_in_flight)
         self.in_flight: set[int] = set()
         self.streams: dict[int, trio.CancelScope] = {}
@@ -539,18 +542,30 @@ class _Connection:
         await self.send_frame(frame)
 
     async def send_frame(self, frame: bytes) -> None:
-        """Write one whole frame, or close the connection if that is impossible."""
+        """Queue one whole frame and write it, or close the connection if impossible.
+
+        If a write is already under way, the frame joins the queue and that
+        writer sends it with whatever else queued up, in one system call.
+        """
+        self._outbox.append(frame)
+        if self.send_lock.locked():
+            await trio.lowlevel.checkpoint()
+            return
         async with self.send_lock:
             # Shielded: a frame cancelled half-way would garble the stream.
             with trio.CancelScope(shield=True):
                 try:
-                    with trio.fail_after(self.limits.send_timeout_s):
-                        await self.stream.send_all(frame)
+                    while self._outbox:
+                        data = b"".join(self._outbox)
+                        self._outbox.clear()
+                        with trio.fail_after(self.limits.send_timeout_s):
+                            await self.stream.send_all(data)
                     return
                 except trio.TooSlowError:
                     logger.info("control: closing %s: it does not read its replies", self.peer)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
+        self._outbox.clear()
         self._close_now()
         await trio.lowlevel.checkpoint()  # let the cancellation reach the caller
 
