@@ -43,6 +43,7 @@ logger = logging.getLogger("raftfleet.fleet")
 register_internal_type("cluster", cs.ClusterState)
 
 CLUSTER = "__cluster__"
+FULL_SWEEP_ROUNDS = 12  # reconcile rounds between looks at every group
 STATE_POLL_S = 0.2
 
 
@@ -71,6 +72,13 @@ class FleetService:
         self._started = time.monotonic()
         self.reconciler: Reconciler | None = None
         self._converging: set[str] = set()
+        # Idle clusters must cost nothing: a group found converged is not looked
+        # at again until the epoch changes (a new cluster-state version, a peer
+        # connecting or going away) or the periodic full sweep.
+        self._epoch = 0
+        self._settled: dict[str, int] = {}
+        self._plan_cache: tuple[object, list[Plan]] | None = None
+        self._rounds = 0
 
     # ------------------------------------------------------------ cluster state
 
@@ -272,14 +280,30 @@ class FleetService:
                 with contextlib.suppress(FleetError):
                     await self._maybe_drained(await self.state())
             return
-        for plan in self._plans(st):
-            if plan.group not in self._converging:
-                self._converging.add(plan.group)
-                moves.start_soon(self._converge, plan, limit)
+        self._rounds += 1
+        if self._rounds % FULL_SWEEP_ROUNDS == 0:
+            self._settled.clear()  # now and then, look at every group again anyway
+        for plan in self._cached_plans(st):
+            if plan.group in self._converging or self._settled.get(plan.group) == self._epoch:
+                continue
+            self._converging.add(plan.group)
+            moves.start_soon(self._converge, plan, limit, self._epoch)
         async with trio.open_nursery() as n:
             n.start_soon(self._cleanup_removed, st)
             n.start_soon(self._maybe_drained, st)
             n.start_soon(self._maybe_purge, st)
+
+    def _cached_plans(self, st: dict) -> list[Plan]:
+        """Placement for the groups we lead, computed once per cluster-state version."""
+        key = (
+            st.get("version"),
+            self.host.replicas.get(CLUSTER) is not None
+            and self.host.replicas[CLUSTER].member.is_leader,
+        )
+        if self._plan_cache is None or self._plan_cache[0] != key:
+            self._plan_cache = (key, self._plans(st))
+            self._epoch += 1  # placement may have changed: every group is looked at again
+        return self._plan_cache[1]
 
     def _plans(self, st: dict) -> list[Plan]:
         plans = []
@@ -298,13 +322,15 @@ class FleetService:
                 plans.append(Plan(CLUSTER, "cluster", voters, learners, None))
         return plans
 
-    async def _converge(self, plan: Plan, limit: trio.CapacityLimiter) -> None:
+    async def _converge(self, plan: Plan, limit: trio.CapacityLimiter, epoch: int) -> None:
         assert self.reconciler is not None
         try:
             async with limit:
                 self.moves_in_flight += 1
                 try:
-                    await self.reconciler.converge(plan)
+                    if await self.reconciler.converge(plan):
+                        # Nothing to do until the cluster state or a peer changes.
+                        self._settled[plan.group] = epoch
                 except (RpcError, RouteError, FleetError) as e:
                     logger.debug("%s: %s", plan.group, e)
                 finally:
@@ -337,6 +363,7 @@ class FleetService:
         return agent == self.name or self.agent.transport.is_connected(agent)
 
     def note_peer(self, peer: str, connected: bool) -> None:
+        self._epoch += 1  # a peer came or went: settled groups may need work again
         if connected:
             self._unreachable_since.pop(peer, None)
         else:
