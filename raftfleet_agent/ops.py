@@ -284,8 +284,10 @@ class AgentOps:
         async with trio.open_nursery() as nursery:
             for rid in ids:
                 nursery.start_soon(self._host_on, rid.agent, name, dtype, rid, cfg)
-        await self.call_on(ids[0].agent, "campaign", {"group": name})
-        leader = await self._await_leader(name, ids[0].agent, CREATE_TIMEOUT_S)
+        won = await self.call_on(ids[0].agent, "campaign", {"group": name, "wait_s": 2.0})
+        leader = won.get("leader") if isinstance(won, dict) else None
+        if leader is None:
+            leader = await self._await_leader(name, ids[0].agent, CREATE_TIMEOUT_S)
         return {"name": name, "type": dtype, "replicas": [str(r) for r in ids], "leader": leader}
 
     async def _host_on(
@@ -582,11 +584,26 @@ class AgentOps:
         return await self.host.drop_replica(str(args.get("group")))
 
     async def peer_campaign(self, peer: str, args: dict) -> object:
+        """Start an election here and wait (briefly) until this replica leads.
+
+        Waiting here, next to the replica, answers a group creation as soon as
+        the leader committed its first entry, instead of after a poll interval.
+        """
+        group = str(args.get("group"))
         try:
-            self.host.campaign(str(args.get("group")))
+            self.host.campaign(group)
         except UnknownGroup as e:
             raise RpcError("unknown_group", str(e)) from None
-        return True
+        with trio.move_on_after(min(float(args.get("wait_s", 0) or 0), PEER_CALL_TIMEOUT_S - 0.5)):
+            while True:
+                r = self.host.replicas.get(group)
+                if r is None:
+                    break
+                m = r.member
+                if m.is_leader and m.commit >= m.log.last_index and m.commit > 0:
+                    return {"leader": self.agent.config.name}
+                await trio.sleep(0.002)
+        return {"leader": None}
 
     async def peer_leader(self, peer: str, args: dict) -> object:
         assert self.agent.router is not None

@@ -292,6 +292,38 @@ class FleetService:
             n.start_soon(self._cleanup_removed, st)
             n.start_soon(self._maybe_drained, st)
             n.start_soon(self._maybe_purge, st)
+            n.start_soon(self._discard_orphans, st)
+
+    async def _discard_orphans(self, st: dict) -> None:
+        """Drop local replicas that their group removed while this agent was away.
+
+        A removed replica learns it only from a leader that hears from it; one
+        whose old configuration names no current leader can wait forever (and
+        keep a drain from finishing). So replicas without a leader, and every
+        replica of a draining agent, are checked against their leader's
+        membership. Fresh replicas not yet in any configuration are left alone.
+        """
+        me = st["agents"].get(self.name, {})
+        draining = me.get("state") == "draining"
+        for g, r in list(self.host.replicas.items()):
+            m = r.member
+            if g == CLUSTER or not m.ever_member or m.is_leader:
+                continue
+            if not draining and m.leader is not None:
+                continue
+            leader = await self._leader_of(g)
+            if leader is None or leader == self.name:
+                continue
+            try:
+                status = await self._call(leader, "replica_status", {"group": g})
+            except RpcError:
+                continue
+            if not isinstance(status, dict) or status.get("leader") != leader:
+                continue
+            ids = {tuple(x.get("replica_id") or ()) for x in status.get("members", [])}
+            if (m.id.agent, m.id.n) not in ids and self.host.replicas.get(g) is r:
+                logger.info("%s: discarding %s, removed from the group while we were away", g, m.id)
+                await self.host.drop_replica(g)
 
     def _cached_plans(self, st: dict) -> list[Plan]:
         """Placement for the groups we lead, computed once per cluster-state version."""

@@ -224,6 +224,11 @@ class RaftMember:
         return self._configs[0][1]
 
     @property
+    def ever_member(self) -> bool:
+        """Has this replica ever been in its group's configuration (a fresh one has not)?"""
+        return self._was_member
+
+    @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
 
