@@ -444,6 +444,10 @@ class MultiRaftHost:
         """A linearizable read on the leader (lease, else ReadIndex)."""
         r = self._replica(group)
         self._catch_up()  # a read right after a pause must see the lost time first
+        index = r.member.read_index_now()
+        if index is not None and r.applier.applied_index >= index:
+            # Lease read, state machine caught up: answer now, no loop turn needed.
+            return r.applier.query(arg)
         w = r.read(arg)
         self._touch(group)
         return await self._wait(w, timeout_s)

@@ -938,6 +938,20 @@ class RaftMember:
             return
         self._serve_read(ctx)
 
+    def read_index_now(self) -> int | None:
+        """The index a linearizable read may be served at right now, without a round
+        trip: when this leader holds a valid lease (or is the only voter) and has
+        committed its no-op. None: use `read` (ReadIndex, or waiting for the no-op).
+
+        Exactly the conditions of `read`'s immediate path, so a host can answer a
+        read in the same step, once its state machine applied the returned index.
+        """
+        if self.role is not Role.LEADER or self.commit < self._term_start:
+            return None
+        if self.config.voters == {self.id} or self.lease_valid():
+            return self.commit
+        return None
+
     def _serve_read(self, ctx: object) -> None:
         if self.config.voters == {self.id} or self.lease_valid():
             self._reads.append(ReadState(ctx, self.commit))

@@ -114,3 +114,18 @@ def test_reads_waiting_for_the_noop_fail_on_step_down() -> None:
     c.inject(m.Append(frm=B, to=A, term=5, prev_index=0, prev_term=0, entries=(), commit=0))
     assert c[A].role is Role.FOLLOWER
     assert c.replicas[A].failed_reads == ["early"]
+
+
+def test_read_index_now_only_with_a_valid_lease_after_the_noop() -> None:
+    from .harness import A, B, Cluster
+
+    c = Cluster()
+    assert c[A].read_index_now() is None  # not a leader
+    c.elect(A)
+    c.run(2)
+    assert c[A].lease_valid()
+    assert c[A].read_index_now() == c[A].commit
+    assert c[B].read_index_now() is None  # followers never
+    c.expire_leases(A)
+    assert not c[A].lease_valid()
+    assert c[A].read_index_now() is None  # no lease: ReadIndex it is
