@@ -79,11 +79,17 @@ class Router:
                 for p in self._peers():
                     n.start_soon(ask, p)
         for leader, term in answers:
-            if leader and term > best[1]:
+            if leader and (best[0] is None or term > best[1]):
                 best = (leader, term)
         if best[0]:
             self.leaders[group] = best[0]
-        return best
+            return best
+        # No leader right now (an election is on): still say that the group
+        # exists, with the highest term anyone hosting it reported.
+        seen = [t for _l, t in answers]
+        if r is not None:
+            seen.append(r.member.term)
+        return None, max(seen, default=-1)
 
     def local_leader(self, group: str) -> dict:
         r = self.host.replicas.get(group)
