@@ -92,6 +92,22 @@ def _copy_reply(name: str, reply: Any) -> tuple[Any, ApplyResult | None]:
     return msgpack.unpackb(packed, raw=False, strict_map_key=False), None
 
 
+def _guarded(fn: Any, state: Any, arg: Any) -> tuple[Any, ApplyResult | None]:
+    """Run a data type's command or query; what it raises becomes an error reply.
+
+    MemoryError propagates: it is not deterministic across replicas, so the
+    replica must stop rather than record a reply its peers may not have.
+    """
+    try:
+        return fn(state, arg), None
+    except MemoryError:
+        raise
+    except _INVALID as exc:
+        return None, ApplyResult.failure(INVALID_ARGUMENT, _describe(exc))
+    except Exception as exc:
+        return None, ApplyResult.failure(DATA_TYPE_ERROR, _describe(exc))
+
+
 class Applier:
     """Applies committed entries of one group to its data type, exactly once per request."""
 
@@ -192,14 +208,9 @@ class Applier:
         return result
 
     def _run_command(self, arg: Any) -> ApplyResult:
-        try:
-            out = self._command(self._state, arg)
-        except MemoryError:
-            raise
-        except _INVALID as exc:
-            return ApplyResult.failure(INVALID_ARGUMENT, _describe(exc))
-        except Exception as exc:
-            return ApplyResult.failure(DATA_TYPE_ERROR, _describe(exc))
+        out, failed = _guarded(self._command, self._state, arg)
+        if failed is not None:
+            return failed
         self._commands_applied += 1
         if (type(out) is not tuple and type(out) is not list) or len(out) != 2:
             return ApplyResult.failure(
@@ -217,14 +228,9 @@ class Applier:
 
     def query(self, arg: Any) -> ApplyResult:
         """Answer a read against the current state; never changes anything."""
-        try:
-            reply = self._query(self._state, arg)
-        except MemoryError:
-            raise
-        except _INVALID as exc:
-            return ApplyResult.failure(INVALID_ARGUMENT, _describe(exc))
-        except Exception as exc:
-            return ApplyResult.failure(DATA_TYPE_ERROR, _describe(exc))
+        reply, failed = _guarded(self._query, self._state, arg)
+        if failed is not None:
+            return failed
         if self._copy_replies:
             reply, error = _copy_reply(self._dt.name, reply)
             if error is not None:
