@@ -649,6 +649,7 @@ class AgentOps:
             "snapshot_index": st.snapshot_index,
             "members": members,
             "lease_valid": st.lease_valid,
+            "leader_s": round(time.monotonic() - r.leader_since_s, 1) if st.leader else 0.0,
             "reported_by": self.agent.config.name,
             "replica_id": [st.replica.agent, st.replica.n],
         }

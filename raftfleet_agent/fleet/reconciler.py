@@ -26,6 +26,8 @@ logger = logging.getLogger("raftfleet.reconciler")
 
 Call = Callable[[str, str, dict], Awaitable[object]]
 
+DEFERRED = ""  # _step: nothing to do now, but the plan is not met (a leadership grace)
+
 WAIT_CODES = frozenset(
     {
         "change_in_progress",
@@ -103,9 +105,11 @@ class Reconciler:
         on_move: Callable[[str, str], None],
         reachable: Callable[[str], bool] = lambda _agent: True,
         stale_ticks: int = 30,
+        leader_grace_s: float = 15.0,
     ) -> None:
         self._reachable = reachable
         self._stale_ticks = stale_ticks
+        self._leader_grace_s = leader_grace_s
         self._call = call
         self._find_leader = find_leader
         self._new_n = new_replica_n
@@ -125,7 +129,9 @@ class Reconciler:
                 await trio.sleep(0.1)
                 continue
             try:
-                step = await self._step(plan, leader, parse_members(status))
+                step = await self._step(
+                    plan, leader, parse_members(status), float(status.get("leader_s") or 0)
+                )
             except RpcError as e:
                 if e.code not in WAIT_CODES:
                     logger.info("%s: reconcile stopped: %s", plan.group, e)
@@ -134,10 +140,14 @@ class Reconciler:
                 continue
             if step is None:
                 return True
+            if step == DEFERRED:
+                return False  # look again later: not settled
             self._on_move(plan.group, step)
         return False
 
-    async def _step(self, plan: Plan, leader: str, members: list[Member]) -> str | None:
+    async def _step(
+        self, plan: Plan, leader: str, members: list[Member], leader_s: float = 0.0
+    ) -> str | None:
         by_agent = {m.agent: m for m in members}
         lost = await self._lost_member(plan.group, leader, members)
         if lost is not None:
@@ -154,9 +164,16 @@ class Reconciler:
             if m.role == "learner" and m.agent in plan.voters:
                 await self._change(leader, plan.group, "promote", m.replica)
                 return f"promote {m.agent}"
+        deferred = False
         want = plan.leader
         if want is None and leader not in plan.voters:
             want = plan.voters[0]
+        elif leader in plan.voters and leader_s < self._leader_grace_s:
+            # A desired voter leads, just not the preferred one: leave a recent
+            # leadership alone for a while (an operator's transfer, a failover)
+            # instead of moving it at once; leaders drift back afterwards.
+            want = None
+            deferred = True
         if (
             want is not None
             and want != leader
@@ -179,7 +196,7 @@ class Reconciler:
                 # A voter that should only learn (the cluster group shrinking).
                 await self._change(leader, plan.group, "remove", m.replica)
                 return f"remove {m.agent}"
-        return None
+        return DEFERRED if deferred else None
 
     async def _lost_member(self, group: str, leader: str, members: list[Member]) -> Member | None:
         """A member the leader has not heard from for long, whose reachable agent

@@ -310,6 +310,7 @@ class MultiRaftHost:
             # Compared with what we last reported, not with the state before this
             # Ready: ticks and steps change the leader between Readys.
             r.known_leader = r.member.leader
+            r.leader_since_s = time.monotonic()
             if self.on_leader_change is not None:
                 self.on_leader_change(r.group, r.member.leader)
 

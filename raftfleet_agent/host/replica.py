@@ -74,6 +74,8 @@ class Replica:
         self.reads_ready: list[tuple[int, object, Waiter]] = []  # (index, arg, waiter)
         self.stopped = False
         self.known_leader: ReplicaId | None = None  # the leader last reported to the router
+        self.leader_since_s = time.monotonic()  # when known_leader last changed (wall clock:
+        # a quiescent replica's ticks stop)
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)
