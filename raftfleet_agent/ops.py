@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftfleet_agent.control.protocol import ControlError
+from raftfleet_agent.fast_ops import FastPath
 from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
@@ -32,6 +33,7 @@ from raftfleet_agent.statemachine.loader import is_internal_type
 
 if TYPE_CHECKING:
     from raftfleet_agent.agent import Agent
+    from raftfleet_agent.control.server import Ticket
 
 logger = logging.getLogger("raftfleet.ops")
 
@@ -47,6 +49,15 @@ class AgentOps:
         self.agent = agent
         self.host = agent.host
         self.started = time.monotonic()
+        self._fast: FastPath | None = None
+
+    def fast(self, op: str, args: dict, ticket: Ticket) -> bool:
+        """The control server's fast path (commands and queries a local leader serves)."""
+        if self._fast is None:
+            if self.agent.router is None:
+                return False
+            self._fast = FastPath(self.host, self.agent.router)
+        return self._fast.take(op, args, ticket)
 
     # ------------------------------------------------------------ control entry point
 

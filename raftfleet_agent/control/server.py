@@ -9,6 +9,13 @@ which receives validated, normalized arguments (see protocol.py), returns the
 result or raises `ControlError`. Any other exception becomes an `internal`
 error response and a log line; the connection and the agent carry on.
 
+A handler may also offer a fast path, `fast(op, args, ticket) -> bool`: it
+takes the request without a task (True) and later calls `ticket.ok(result)`,
+`ticket.fail(error)` or `ticket.slow()` (serve it the normal way after all),
+exactly once, from the trio thread. Thousands of commands a second on one
+connection cost a task, a cancel scope and an Event each on the normal path;
+on the fast path they cost a callback.
+
 Theory of operation
 -------------------
 One task per connection reads frames and dispatches each request into the
@@ -81,6 +88,7 @@ __all__ = [
     "ControlStatistics",
     "EventSink",
     "PeerCredentials",
+    "Ticket",
     "peer_allowed",
     "peer_credentials",
     "supplementary_groups",
@@ -105,6 +113,16 @@ class ControlHandler(Protocol):
     """What the agent implements behind the control server."""
 
     async def handle(self, op: str, args: dict[str, object], events: EventSink) -> object: ...
+
+
+class Ticket(Protocol):
+    """A request taken by a handler's fast path; settle it exactly once."""
+
+    def ok(self, result: object) -> None: ...
+
+    def fail(self, error: ControlError) -> None: ...
+
+    def slow(self) -> None: ...
 
 
 @attrs.frozen(kw_only=True)
@@ -359,6 +377,11 @@ class _Connection:
         # Frames waiting for the writer: replies that complete while a write is
         # under way leave together, in one send (pipelining clients get many).
         self._outbox: list[bytes] = []
+        self._flush_pending = False
+        self.closed = False  # the connection's tasks are gone: late answers are dropped
+        # Set when the last request in flight finishes (fast-path requests have
+        # no task that would keep the nursery open until they are answered).
+        self._drained: trio.Event | None = None
         self.slots = trio.Semaphore(self.limits.max_in_flight)
         self.in_flight: set[int] = set()
         self.streams: dict[int, trio.CancelScope] = {}
@@ -369,12 +392,19 @@ class _Connection:
         self.nursery: trio.Nursery | None = None
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            await self._read_requests()
-            for scope in self.streams.values():
-                scope.cancel()
-            # Leaving the block waits for the unary requests still in flight.
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                await self._read_requests()
+                for scope in self.streams.values():
+                    scope.cancel()
+                # Leaving the block waits for the tasks still in flight; the
+                # fast-path requests have none, so wait for them explicitly.
+                while self.in_flight:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+        finally:
+            self.closed = True
 
     def _close_now(self) -> None:
         assert self.nursery is not None
@@ -464,12 +494,37 @@ class _Connection:
             await self._send_reply(error_response(request_id, ControlError(BAD_REQUEST, message)))
             return True
         # Full: stop reading until a slot frees; the client feels TCP backpressure.
-        await self.slots.acquire()
+        try:
+            self.slots.acquire_nowait()  # no checkpoint per request while there is room
+        except trio.WouldBlock:
+            await self.slots.acquire()
         self.in_flight.add(request_id)
         self.server._requests_in_flight += 1
+        self.server._requests_total += 1
+        request = Request(request_id, op, args)
+        fast = getattr(self.server.handler, "fast", None)
+        if fast is not None and not request.streaming and self._try_fast(fast, request):
+            return True
         assert self.nursery is not None
-        self.nursery.start_soon(self._run_request, Request(request_id, op, args))
+        self.nursery.start_soon(self._run_request, request)
         return True
+
+    def _try_fast(self, fast: object, request: Request) -> bool:
+        ticket = _Ticket(self, request)
+        try:
+            taken = fast(request.op, request.args, ticket)  # type: ignore[operator]
+        except ControlError as exc:
+            ticket.fail(exc)
+            return True
+        except Exception:
+            ticket.fail(self._internal_error(request))
+            return True
+        return bool(taken)
+
+    def _internal_error(self, request: Request) -> ControlError:
+        logger.exception("control: %s (id %d) from %s failed", request.op, request.id, self.peer)
+        self.server._internal_errors_total += 1
+        return ControlError(INTERNAL, f"{request.op} failed: an agent bug (see the agent log)")
 
     async def _authenticate(self, request_id: int, token: bytes) -> bool:
         if self.token is None:
@@ -487,7 +542,6 @@ class _Connection:
     # Requests
 
     async def _run_request(self, request: Request) -> None:
-        self.server._requests_total += 1
         sink = _EventSink(self, request)
         try:
             with trio.CancelScope() as scope:
@@ -507,12 +561,7 @@ class _Connection:
         except ControlError as exc:
             return error_response(request.id, exc)
         except Exception:
-            logger.exception(
-                "control: %s (id %d) from %s failed", request.op, request.id, self.peer
-            )
-            self.server._internal_errors_total += 1
-            error = ControlError(INTERNAL, f"{request.op} failed: an agent bug (see the agent log)")
-            return error_response(request.id, error)
+            return error_response(request.id, self._internal_error(request))
         return ok_response(request.id, result)
 
     def _finish(self, request_id: int) -> None:
@@ -520,6 +569,8 @@ class _Connection:
         self.server._requests_in_flight -= 1
         self.slots.release()
         if not self.in_flight:
+            if self._drained is not None:
+                self._drained.set()
             self.last_active = trio.current_time()
             if self.receive_scope is not None:
                 # The reader is waiting with no deadline; the idle clock starts now.
@@ -529,6 +580,9 @@ class _Connection:
 
     async def _send_reply(self, reply: dict[str, object]) -> None:
         """Send a final response; a result that cannot be sent becomes `internal`."""
+        await self.send_frame(self._reply_frame(reply))
+
+    def _reply_frame(self, reply: dict[str, object]) -> bytes:
         try:
             frame = encode_frame(reply, self.limits.response_bytes_max)
         except (TypeError, ValueError) as exc:
@@ -539,7 +593,25 @@ class _Connection:
             frame = encode_frame(reply)
         if reply.get("ok") is False:
             self.server._errors_total += 1
-        await self.send_frame(frame)
+        return frame
+
+    def reply_soon(self, reply: dict[str, object]) -> None:
+        """Queue a final response from synchronous code; a task writes it.
+
+        Every reply queued before that task runs leaves in the same write.
+        """
+        if self.closed:
+            return
+        self._outbox.append(self._reply_frame(reply))
+        if self._flush_pending or self.send_lock.locked():
+            return  # the writer that is (about to be) running takes it along
+        self._flush_pending = True
+        assert self.nursery is not None
+        self.nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        self._flush_pending = False
+        await self._write_outbox()
 
     async def send_frame(self, frame: bytes) -> None:
         """Queue one whole frame and write it, or close the connection if impossible.
@@ -548,6 +620,11 @@ class _Connection:
         writer sends it with whatever else queued up, in one system call.
         """
         self._outbox.append(frame)
+        await self._write_outbox()
+
+    async def _write_outbox(self) -> None:
+        if not self._outbox:
+            return
         if self.send_lock.locked():
             await trio.lowlevel.checkpoint()
             return
@@ -575,6 +652,44 @@ class _Connection:
         async with self.send_lock:
             await _send_goodbye(self.stream, error_response(request_id, error), _LINGER_S)
         self._close_now()
+
+
+class _Ticket:
+    """A fast-path request: the handler settles it once, from the trio thread."""
+
+    __slots__ = ("_conn", "_request", "_settled")
+
+    def __init__(self, conn: _Connection, request: Request) -> None:
+        self._conn = conn
+        self._request = request
+        self._settled = False
+
+    def ok(self, result: object) -> None:
+        if self._settle():
+            self._conn.reply_soon(ok_response(self._request.id, result))
+            self._conn._finish(self._request.id)
+
+    def fail(self, error: ControlError) -> None:
+        if self._settle():
+            self._conn.reply_soon(error_response(self._request.id, error))
+            self._conn._finish(self._request.id)
+
+    def slow(self) -> None:
+        """Serve the request the normal way (a task running the handler) after all."""
+        if not self._settle():
+            return
+        conn = self._conn
+        if conn.closed:
+            conn._finish(self._request.id)
+            return
+        assert conn.nursery is not None
+        conn.nursery.start_soon(conn._run_request, self._request)
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        return True
 
 
 class _EventSink:

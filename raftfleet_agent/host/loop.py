@@ -20,6 +20,8 @@ the store still complete (the store finishes them on close).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -31,8 +33,16 @@ import attrs
 import trio
 
 from raftfleet_agent.host import wire
-from raftfleet_agent.host.replica import LostLeadership, Replica, ReplicaGone, ReplicaMeta, Waiter
+from raftfleet_agent.host.replica import (
+    Expired,
+    LostLeadership,
+    Replica,
+    ReplicaGone,
+    ReplicaMeta,
+    Waiter,
+)
 from raftfleet_agent.metrics import HostMetrics
+from raftfleet_agent.raft.errors import RaftError
 from raftfleet_agent.raft.member import RaftMember, RaftOptions
 from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.messages import Message
@@ -110,6 +120,10 @@ class MultiRaftHost:
         self._sent = self._received = self._dropped = 0
         self.on_leader_change: Callable[[str, ReplicaId | None], None] | None = None
         self.metrics = HostMetrics()
+        # Deadlines of the requests started without a task (start_command /
+        # start_query), checked every tick: (deadline, tie-breaker, waiter).
+        self._deadlines: list[tuple[float, int, Waiter]] = []
+        self._deadline_seq = itertools.count()
 
     # ------------------------------------------------------------ start
 
@@ -152,6 +166,13 @@ class MultiRaftHost:
             self._ticks_done += 1
             self._tick_due = True
             self._wake.set()
+            self._expire()
+
+    def _expire(self) -> None:
+        now = trio.current_time()
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            heapq.heappop(dl)[2].resolve(Expired("no answer before the deadline"))
 
     def _catch_up(self) -> None:
         """Count ticks that were missed (a paused process, an overloaded loop).
@@ -415,7 +436,7 @@ class MultiRaftHost:
         w = Waiter()
         self._extra.append((write, w))
         self._wake.set()
-        await w.done.wait()
+        await w.wait()
 
     def campaign(self, group: str) -> None:
         self._replica(group).member.campaign()
@@ -453,13 +474,66 @@ class MultiRaftHost:
         self._touch(group)
         return await self._wait(w, timeout_s)
 
+    def start_command(
+        self,
+        group: str,
+        arg: object,
+        client: str,
+        seq: int,
+        timeout_s: float,
+        on_done: Callable[[Waiter], None],
+    ) -> Waiter | None:
+        """Propose on a local leader without a task; `on_done` gets the waiter when
+        it resolves (an ApplyResult, LostLeadership, ReplicaGone or Expired).
+        None when this agent cannot take it right now (not the leader, a transfer
+        under way): the caller takes the slow path, which routes and retries.
+        """
+        r = self.replicas.get(group)
+        if r is None or not r.member.is_leader:
+            return None
+        data = encode_command(client, seq, int(time.time() * 1000), arg)
+        try:
+            w = r.propose(data)
+        except RaftError:
+            return None
+        w.on_done = on_done
+        self._watch(w, timeout_s)
+        self._touch(group)
+        return w
+
+    def start_query(
+        self, group: str, arg: object, timeout_s: float, on_done: Callable[[Waiter], None]
+    ) -> ApplyResult | Waiter | None:
+        """A linearizable read on a local leader without a task: the result now
+        (lease, state machine caught up), a waiter that calls `on_done`, or None
+        (not the leader here: take the slow path)."""
+        r = self.replicas.get(group)
+        if r is None or not r.member.is_leader:
+            return None
+        self._catch_up()  # a read right after a pause must see the lost time first
+        index = r.member.read_index_now()
+        if index is not None and r.applier.applied_index >= index:
+            return r.applier.query(arg)
+        try:
+            w = r.read(arg)
+        except RaftError:
+            return None
+        w.on_done = on_done
+        self._watch(w, timeout_s)
+        self._touch(group)
+        return w
+
+    def _watch(self, w: Waiter, timeout_s: float) -> None:
+        deadline = trio.current_time() + timeout_s
+        heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), w))
+
     def query_stale(self, group: str, arg: object) -> ApplyResult:
         return self._replica(group).applier.query(arg)
 
     @staticmethod
     async def _wait(w: Waiter, timeout_s: float) -> ApplyResult:
         with trio.fail_after(timeout_s):
-            await w.done.wait()
+            await w.wait()
         if isinstance(w.result, LostLeadership | ReplicaGone):
             raise w.result
         assert isinstance(w.result, ApplyResult)

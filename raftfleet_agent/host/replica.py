@@ -7,7 +7,9 @@ answerable; nothing here awaits.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
+from collections.abc import Callable
 
 import attrs
 import msgpack
@@ -18,6 +20,8 @@ from raftfleet_agent.raft.member import RaftMember
 from raftfleet_agent.raft.types import Entry, ReplicaId
 from raftfleet_agent.statemachine import Applier, ApplyResult
 
+logger = logging.getLogger("raftfleet.host")
+
 
 class ReplicaGone(Exception):
     """The replica stopped (removed from its group, or deleted) while a request waited."""
@@ -27,21 +31,47 @@ class LostLeadership(Exception):
     """The entry or read was superseded: this replica is (or was) not the leader any more."""
 
 
+class Expired(Exception):
+    """The request's deadline passed before it was answered (its outcome is unknown)."""
+
+
 @attrs.define(eq=False)
 class Waiter:
-    """A request waiting for the loop; `result` is an ApplyResult or an exception."""
+    """A request waiting for the loop; `result` is an ApplyResult or an exception.
 
-    done: trio.Event = attrs.Factory(trio.Event)
+    Whoever waits either awaits `event` (a task per request) or sets `on_done`,
+    which the loop calls when the result is in (no task at all: the control
+    server's fast path, where a task and an Event per request cost more than
+    the replication itself).
+    """
+
     result: object = None
+    resolved: bool = False
+    on_done: Callable[[Waiter], None] | None = None
+    event: trio.Event | None = None
     # For the commit-latency histogram (monotonic seconds): proposal to answer.
     created_s: float = attrs.Factory(time.monotonic)
     resolved_s: float = 0.0
 
     def resolve(self, result: object) -> None:
-        if not self.done.is_set():
-            self.result = result
-            self.resolved_s = time.monotonic()
-            self.done.set()
+        if self.resolved:
+            return
+        self.resolved = True
+        self.result = result
+        self.resolved_s = time.monotonic()
+        if self.event is not None:
+            self.event.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception:
+                # A reply that cannot be delivered must never stop the loop.
+                logger.exception("a request's completion callback failed")
+
+    async def wait(self) -> None:
+        if not self.resolved:
+            self.event = trio.Event()
+            await self.event.wait()
 
 
 @attrs.frozen

@@ -599,3 +599,126 @@ def test_unauthorized_is_a_control_error() -> None:
         "code": "unauthorized",
         "message": "nope",
     }
+
+
+# --------------------------------------------------------------------------
+# The fast path (a handler that takes requests without a task)
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT_S):
+        while not cond():  # noqa: ASYNC110 - polling the handler's state is the point
+            await trio.sleep(0.01)
+
+
+class FastHandler(FakeHandler):
+    """`command` on groups named "now-*" settles at once; "later-*" waits in
+    `held` for the test to settle; "slow-*" goes the normal way after all;
+    "boom" raises; anything else is declined (normal path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[str, object] = {}
+        self.taken = 0
+
+    def fast(self, op: str, args: dict, ticket: object) -> bool:
+        group = str(args.get("group", ""))
+        if op != "command" or not group.startswith(("now-", "later-", "slow-", "boom")):
+            return False
+        self.taken += 1
+        if group == "boom":
+            raise RuntimeError("fast path bug")
+        if group.startswith("now-"):
+            ticket.ok({"fast": group})  # type: ignore[attr-defined]
+            ticket.fail(ControlError("timeout", "settled twice"))  # type: ignore[attr-defined]
+        elif group.startswith("later-"):
+            self.held[group] = ticket
+        else:
+            ticket.slow()  # type: ignore[attr-defined]
+        return True
+
+    async def _handle(self, op: str, args: dict[str, object], events: EventSink) -> object:
+        if op == "command":
+            return {"slow": args["group"]}
+        return await super()._handle(op, args, events)
+
+
+async def test_fast_path_answers_without_a_task(start_unix: StartUnix) -> None:
+    handler = FastHandler()
+    server, path = await start_unix(handler)
+    peer = await connect(path)
+    reply = await peer.call(1, "command", group="now-a", arg="inc")
+    assert reply == {"id": 1, "ok": True, "result": {"fast": "now-a"}}  # the second settle lost
+    assert handler.running_peak == 0  # the async handler never ran
+    declined = await peer.call(2, "command", group="other", arg="inc")
+    assert declined["result"] == {"slow": "other"}
+    assert (await peer.call(3, "command", group="slow-b", arg="inc"))["result"] == {
+        "slow": "slow-b"
+    }
+    await _until(lambda: server.statistics().requests_in_flight == 0)
+    assert server.statistics().requests_total == 3
+
+
+async def test_fast_path_late_answers_leave_together_and_in_settle_order(
+    start_unix: StartUnix,
+) -> None:
+    handler = FastHandler()
+    _, path = await start_unix(handler)
+    peer = await connect(path)
+    await peer.stream.send_all(
+        b"".join(
+            encode_frame({"id": i, "op": "command", "args": {"group": f"later-{i}", "arg": 1}})
+            for i in range(1, 6)
+        )
+    )
+    await _until(lambda: len(handler.held) >= 5)
+    for i in (4, 2, 5, 1):
+        handler.held[f"later-{i}"].ok(i)  # type: ignore[attr-defined]
+    handler.held["later-3"].fail(ControlError("timeout", "gave up"))  # type: ignore[attr-defined]
+    frames = [await peer.recv() for _ in range(5)]
+    assert [f["id"] for f in frames] == [4, 2, 5, 1, 3]  # type: ignore[index]
+    assert frames[-1]["error"]["code"] == "timeout"  # type: ignore[index]
+
+
+async def test_fast_path_bug_is_internal(
+    start_unix: StartUnix, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, path = await start_unix(FastHandler())
+    peer = await connect(path)
+    with caplog.at_level(logging.ERROR, logger="raftfleet.control"):
+        reply = await peer.call(1, "command", group="boom", arg=1)
+    assert reply["error"]["code"] == "internal" and "fast path bug" in caplog.text
+    assert (await peer.call(2, "ping"))["result"] == "pong"
+    await _until(lambda: server.statistics().requests_in_flight == 0)
+
+
+async def test_fast_path_requests_are_answered_after_half_close(start_unix: StartUnix) -> None:
+    handler = FastHandler()
+    server, path = await start_unix(handler)
+    peer = await connect(path)
+    await peer.request(1, "command", group="later-x", arg=1)
+    await _until(lambda: "later-x" in handler.held)
+    await peer.stream.send_eof()
+    await trio.sleep(0.05)  # the server saw EOF; the request must still be answered
+    handler.held["later-x"].ok("done")  # type: ignore[attr-defined]
+    assert await peer.recv() == {"id": 1, "ok": True, "result": "done"}
+    assert await peer.recv() is EOF
+    await _until(lambda: server.statistics().requests_in_flight == 0)
+
+
+async def test_fast_path_answer_after_the_connection_died_is_dropped(
+    start_unix: StartUnix,
+) -> None:
+    handler = FastHandler()
+    server, path = await start_unix(handler)
+    peer = await connect(path)
+    await peer.request(1, "command", group="later-y", arg=1)
+    await _until(lambda: "later-y" in handler.held)
+    # A protocol violation closes the connection with the request in flight.
+    await peer.stream.send_all(b"\xff\xff\xff\xff garbage")
+    await peer.expect_goodbye("bad_request")
+    handler.held["later-y"].ok("too late")  # type: ignore[attr-defined]
+    handler.held["later-y"].slow()  # type: ignore[attr-defined]
+    await _until(lambda: server.statistics().requests_in_flight == 0)
+    other = await connect(path)
+    assert (await other.call(1, "ping"))["result"] == "pong"

@@ -207,3 +207,63 @@ async def test_heartbeats_of_all_groups_share_one_frame_per_peer(cluster: Fabric
         n_msgs = cluster.messages[pair] - messages.get(pair, 0)
         # Thirty groups' heartbeats per tick, yet about one frame per tick.
         assert n_msgs >= 20 * n_frames, (pair, n_frames, n_msgs)
+
+
+# --------------------------------------------------------------------------
+# Requests started without a task (the control server's fast path)
+
+
+async def _settled(box: list) -> object:
+    await _until(lambda: bool(box))
+    return box[0].result
+
+
+async def test_start_command_and_query_call_back_once_resolved(cluster: Fabric) -> None:
+    await _create(cluster, "fast")
+    lead = await _leader(cluster, "fast")
+    follower = next(h for h in cluster.hosts.values() if h is not lead)
+    done: list = []
+    w = lead.start_command("fast", "inc", "c", 1, 2.0, done.append)
+    assert w is not None and not w.resolved  # durable on a majority first
+    res = await _settled(done)
+    assert (res.ok, res.reply) == (True, 0) and done == [w]
+    # A lease read with the state machine caught up is answered on the spot.
+    now = lead.start_query("fast", "get", 2.0, done.append)
+    assert getattr(now, "reply", None) == 1
+    # Not the leader here: the caller must route (None), nothing is proposed.
+    assert follower.start_command("fast", "inc", "c", 2, 2.0, done.append) is None
+    assert follower.start_query("fast", "get", 2.0, done.append) is None
+    assert lead.start_command("nope", "inc", "c", 2, 2.0, done.append) is None
+
+
+async def test_start_command_expires_when_no_majority_answers(cluster: Fabric) -> None:
+    await _create(cluster, "cut")
+    lead = await _leader(cluster, "cut")
+    for a in AGENTS:
+        if a != lead.agent:
+            cluster.cut.add(a)
+    done: list = []
+    t0 = trio.current_time()
+    lead.start_command("cut", "inc", "c", 1, 0.3, done.append)
+    res = await _settled(done)
+    assert type(res).__name__ == "Expired"
+    assert 0.3 <= trio.current_time() - t0 < 2.0
+    cluster.cut.clear()
+    # The same request id, retried, is applied once (the expired attempt may commit too).
+    again: list = []
+    await _until(lambda: lead.start_command("cut", "inc", "c", 1, 2.0, again.append) is not None)
+    assert (await _settled(again)).reply == 0
+    assert (await lead.query("cut", "get", timeout_s=2)).reply == 1
+
+
+async def test_start_command_learns_of_lost_leadership(cluster: Fabric) -> None:
+    await _create(cluster, "lost")
+    lead = await _leader(cluster, "lost")
+    cluster.cut.add(lead.agent)
+    done: list = []
+    lead.start_command("lost", "inc", "c", 1, 30.0, done.append)
+    others = [h for h in cluster.hosts.values() if h is not lead]
+    await _until(lambda: any(h.replicas["lost"].member.is_leader for h in others))
+    cluster.cut.clear()  # the old leader hears of the new term and steps down
+    res = await _settled(done)
+    assert type(res).__name__ == "LostLeadership", res
