@@ -93,6 +93,20 @@ class ReplicaMeta:
 
 
 class Replica:
+    __slots__ = (
+        "_read_ids",
+        "applier",
+        "group",
+        "known_leader",
+        "leader_since_s",
+        "member",
+        "meta",
+        "proposals",
+        "reads_pending",
+        "reads_ready",
+        "stopped",
+    )
+
     def __init__(self, group: str, member: RaftMember, applier: Applier, data_type: str) -> None:
         self.group = group
         self.member = member

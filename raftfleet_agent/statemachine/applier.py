@@ -111,6 +111,21 @@ def _guarded(fn: Any, state: Any, arg: Any) -> tuple[Any, ApplyResult | None]:
 class Applier:
     """Applies committed entries of one group to its data type, exactly once per request."""
 
+    # One per hosted replica, thousands per agent: no instance dict.
+    __slots__ = (
+        "_applied_index",
+        "_command",
+        "_commands_applied",
+        "_copy_replies",
+        "_dt",
+        "_duplicates",
+        "_expired",
+        "_limits",
+        "_query",
+        "_sessions",
+        "_state",
+    )
+
     def __init__(
         self,
         data_type: LoadedType | str,
@@ -125,12 +140,8 @@ class Applier:
         self._command = dt.command
         self._query = dt.query
         self._copy_replies = not dt.builtin
-        self._limits = {
-            "window_ms": window_ms,
-            "max_results": max_results_per_session,
-            "max_sessions": max_sessions,
-        }
-        self._sessions = SessionTable(**self._limits)
+        self._limits = (window_ms, max_results_per_session, max_sessions)
+        self._sessions = self._new_sessions()
         try:
             self._state: Any = dt.new()
         except MemoryError:
@@ -142,6 +153,10 @@ class Applier:
         self._commands_applied = 0
         self._duplicates = 0
         self._expired = 0
+
+    def _new_sessions(self) -> SessionTable:
+        window_ms, max_results, max_sessions = self._limits
+        return SessionTable(window_ms=window_ms, max_results=max_results, max_sessions=max_sessions)
 
     @classmethod
     def from_snapshot(cls, data_type: LoadedType | str, data: bytes, **limits: int) -> Applier:
@@ -285,7 +300,7 @@ class Applier:
         was taken from another data type.
         """
         top = self._decode_snapshot(data)
-        table = SessionTable(**self._limits)
+        table = self._new_sessions()
         try:
             table.load_wire(top["sessions"])
         except ValueError as exc:

@@ -91,8 +91,12 @@ def wrap_data_type(name: str, obj: Any, *, builtin: bool = False) -> LoadedType:
 _INTERNAL: dict[str, type] = {}
 
 
+_loaded_builtins: dict[str, LoadedType] = {}
+
+
 def register_internal_type(name: str, cls: type) -> None:
     _INTERNAL[name] = cls
+    _loaded_builtins.pop(name, None)
 
 
 def is_internal_type(name: str) -> bool:
@@ -103,10 +107,13 @@ def load_data_type(name: str) -> LoadedType:
     """Load a built-in by name, or import "package.module:Class". Raises DataTypeError."""
     if not isinstance(name, str):
         raise DataTypeError(f"data type name must be a string, got {type(name).__name__}")
-    if name in BUILTINS:
-        return wrap_data_type(name, BUILTINS[name], builtin=True)
-    if name in _INTERNAL:
-        return wrap_data_type(name, _INTERNAL[name], builtin=True)
+    if name in BUILTINS or name in _INTERNAL:
+        # Shared by every replica of the type: built-ins keep no instance state.
+        loaded = _loaded_builtins.get(name)
+        if loaded is None:
+            obj = BUILTINS[name] if name in BUILTINS else _INTERNAL[name]
+            loaded = _loaded_builtins[name] = wrap_data_type(name, obj, builtin=True)
+        return loaded
     match = _USER_NAME_RE.fullmatch(name) if len(name) <= DATA_TYPE_NAME_CHARS_MAX else None
     # No dunder segments: "__main__:x" or "pkg:__class__" is never a data type.
     if match is None or any(part.startswith("__") for part in re.split(r"[.:]", name)):

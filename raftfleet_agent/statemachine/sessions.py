@@ -63,6 +63,16 @@ def _check_positive(name: str, value: int) -> None:
 class SessionTable:
     """Per-client result caches with deterministic, replicated-time expiry."""
 
+    __slots__ = (
+        "_heap",
+        "_sessions",
+        "cached_results",
+        "max_results",
+        "max_sessions",
+        "now_ms",
+        "window_ms",
+    )
+
     def __init__(
         self,
         *,
