@@ -267,9 +267,8 @@ class AgentOps:
         if agents:
             return await self._create_on(name, dtype, agents)  # unmanaged: placed by hand
         fleet = self.agent.fleet
-        await self._fleet(fleet.propose(["add_group", name, n, dtype, now_ms()]))
-        st = await self._fleet(fleet.state(linearizable=True))
-        desired = cs.desired_members(st, name)  # type: ignore[arg-type]
+        added = await self._fleet(fleet.propose(["add_group", name, n, dtype, now_ms()]))
+        desired = list(added["members"])  # type: ignore[index]
         reachable = [
             a
             for a in desired

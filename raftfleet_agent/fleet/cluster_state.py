@@ -347,7 +347,8 @@ def _add_group(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
         "generation": generation,
     }
     state["version"] += 1
-    return {"generation": generation}
+    # The placement as of this very entry: the creator needs no second read.
+    return {"generation": generation, "members": desired_members(state, name)}
 
 
 def _remove_group(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftfleet_agent.fleet import cluster_state as cs
+from raftfleet_agent.fleet.plans import PlanBook
 from raftfleet_agent.fleet.reconciler import Plan, Reconciler
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.host.rpc import RpcError
@@ -43,7 +44,8 @@ logger = logging.getLogger("raftfleet.fleet")
 register_internal_type("cluster", cs.ClusterState)
 
 CLUSTER = "__cluster__"
-FULL_SWEEP_ROUNDS = 12  # reconcile rounds between looks at every group
+FULL_SWEEP_S = 60.0  # how often every group is looked at again, settled or not
+ROUND_GAP_S = 0.2  # rounds triggered by changes come at most this often
 STATE_POLL_S = 0.2
 
 
@@ -73,12 +75,13 @@ class FleetService:
         self.reconciler: Reconciler | None = None
         self._converging: set[str] = set()
         # Idle clusters must cost nothing: a group found converged is not looked
-        # at again until the epoch changes (a new cluster-state version, a peer
-        # connecting or going away) or the periodic full sweep.
+        # at again until its plan changes, the epoch changes (the layout of
+        # active agents, a peer connecting or going away) or the full sweep.
         self._epoch = 0
-        self._settled: dict[str, int] = {}
-        self._plan_cache: tuple[object, list[Plan]] | None = None
-        self._rounds = 0
+        self._settled: dict[str, tuple[int, Plan]] = {}
+        self._plan_book = PlanBook(self.name, CLUSTER)
+        self._layout_changes = 0
+        self._last_sweep = time.monotonic()
 
     # ------------------------------------------------------------ cluster state
 
@@ -240,6 +243,9 @@ class FleetService:
         logger.info("%s: %s", group, step)
 
     async def _leader_of(self, group: str) -> str | None:
+        r = self.host.replicas.get(group)
+        if r is not None and r.member.is_leader:
+            return self.name  # the usual case for a plan: no need to ask every peer
         router = self.agent.router
         assert router is not None
         agent, _term = await router.find_leader(group, 1.0)
@@ -263,6 +269,9 @@ class FleetService:
             while True:
                 with trio.move_on_after(interval):
                     await self._changed.wait()
+                # Changes come in bursts (a create is a cluster-state change):
+                # one round covers every change of the last ROUND_GAP_S.
+                await trio.sleep(ROUND_GAP_S)
                 self._changed = trio.Event()
                 try:
                     await self.reconcile_once(moves, limit)
@@ -280,11 +289,14 @@ class FleetService:
                 with contextlib.suppress(FleetError):
                     await self._maybe_drained(await self.state())
             return
-        self._rounds += 1
-        if self._rounds % FULL_SWEEP_ROUNDS == 0:
+        if time.monotonic() - self._last_sweep >= FULL_SWEEP_S:
+            self._last_sweep = time.monotonic()
             self._settled.clear()  # now and then, look at every group again anyway
         for plan in self._cached_plans(st):
-            if plan.group in self._converging or self._settled.get(plan.group) == self._epoch:
+            if plan.group in self._converging or self._settled.get(plan.group) == (
+                self._epoch,
+                plan,
+            ):
                 continue
             self._converging.add(plan.group)
             moves.start_soon(self._converge, plan, limit, self._epoch)
@@ -326,32 +338,12 @@ class FleetService:
                 await self.host.drop_replica(g)
 
     def _cached_plans(self, st: dict) -> list[Plan]:
-        """Placement for the groups we lead, computed once per cluster-state version."""
-        key = (
-            st.get("version"),
-            self.host.replicas.get(CLUSTER) is not None
-            and self.host.replicas[CLUSTER].member.is_leader,
-        )
-        if self._plan_cache is None or self._plan_cache[0] != key:
-            self._plan_cache = (key, self._plans(st))
-            self._epoch += 1  # placement may have changed: every group is looked at again
-        return self._plan_cache[1]
-
-    def _plans(self, st: dict) -> list[Plan]:
-        plans = []
-        for g in cs.groups_led_by(st, self.name):
-            info = st["groups"][g]
-            voters = tuple(cs.desired_members(st, g))
-            plans.append(Plan(g, info["type"], voters, (), voters[0]))
+        """Placement for the groups we lead (see plans.py: incremental)."""
         cluster = self.host.replicas.get(CLUSTER)
-        if cluster is not None and cluster.member.is_leader:
-            voters = tuple(cs.desired_cluster_voters(st))
-            if voters:
-                active = [
-                    a for a, info in sorted(st["agents"].items()) if info["state"] == "active"
-                ]
-                learners = tuple(a for a in active if a not in voters)
-                plans.append(Plan(CLUSTER, "cluster", voters, learners, None))
+        plans = self._plan_book.plans(st, cluster is not None and cluster.member.is_leader)
+        if self._plan_book.layout_changes != self._layout_changes:
+            self._layout_changes = self._plan_book.layout_changes
+            self._epoch += 1  # placement may have changed: every group is looked at again
         return plans
 
     async def _converge(self, plan: Plan, limit: trio.CapacityLimiter, epoch: int) -> None:
@@ -362,7 +354,7 @@ class FleetService:
                 try:
                     if await self.reconciler.converge(plan):
                         # Nothing to do until the cluster state or a peer changes.
-                        self._settled[plan.group] = epoch
+                        self._settled[plan.group] = (epoch, plan)
                 except (RpcError, RouteError, FleetError) as e:
                     logger.debug("%s: %s", plan.group, e)
                 finally:

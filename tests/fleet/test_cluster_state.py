@@ -251,7 +251,10 @@ def test_full_lifecycle_and_placement_membership() -> None:
 def test_add_group() -> None:
     state = fleet(*THREE)
     version = state["version"]
-    assert run(state, "add_group", "g1", 3, "counter", 50) == {"generation": 1}
+    reply = run(state, "add_group", "g1", 3, "counter", 50)
+    # The reply carries the placement, desired leader first (the creator needs no read).
+    assert reply == {"generation": 1, "members": desired_members(state, "g1")}
+    assert sorted(reply["members"]) == ["a", "b", "c"]
     assert state["groups"]["g1"] == {
         "replicas": 3,
         "type": "counter",
@@ -259,7 +262,7 @@ def test_add_group() -> None:
         "generation": 1,
     }
     assert state["version"] == version + 1
-    assert run(state, "add_group", "g2", 1, "pkg.mod:Type", 60) == {"generation": 2}
+    assert run(state, "add_group", "g2", 1, "pkg.mod:Type", 60)["generation"] == 2
     refused(state, "already_exists", "add_group", "g1", 3, "counter", 70)
 
 
@@ -332,7 +335,7 @@ def test_remove_cleanup_and_reuse() -> None:
     assert state["removed"] == {}
     assert run(state, "cleaned", "d", "g", 37) == {"done": False, "released": True}
     # Reusable, with a generation above every earlier incarnation's.
-    assert run(state, "add_group", "g", 5, "kv", 40) == {"generation": 3}
+    assert run(state, "add_group", "g", 5, "kv", 40)["generation"] == 3
     refused(state, "invalid_argument", "cleaned", "a", "g", 41, 0)
     refused(state, "invalid_argument", "cleaned", "a", "g", 41, "1")
     refused(state, "invalid_name", "cleaned", "a", "__cluster__", 41)
@@ -655,7 +658,7 @@ def test_through_the_applier() -> None:
     assert result.error == "invalid_argument"
     assert error_code(result.message) == "no_active_agent"
     assert apply("activate", "a", "z1", 3).ok
-    assert apply("add_group", "g", 3, "counter", 4).reply == {"generation": 1}
+    assert apply("add_group", "g", 3, "counter", 4).reply["generation"] == 1
     assert applier.query(["desired_members", "g"]).reply == ["a"]
     copy_ = Applier.from_snapshot(loaded, applier.snapshot())
     assert copy_.state == applier.state
