@@ -857,10 +857,15 @@ def caught_up(procs: list[AgentProc], group: str, timeout: float) -> None:
         if not st.get("leader"):  # type: ignore[union-attr]
             return False
         ci = st["commit_index"]  # type: ignore[index]
-        return st.get("converged") and all(  # type: ignore[union-attr]
-            m["match_index"] >= ci - 200
-            for m in st["members"]  # type: ignore[index]
+        members = st["members"]  # type: ignore[index]
+        # Membership settled (the desired agents, all voters) and caught up. Not
+        # "converged": that also wants the desired leader back, which the
+        # reconciler leaves alone for 15 s after a failover, and the scenario
+        # kills whichever agent leads.
+        settled = {m["agent"] for m in members} == set(st.get("desired") or ()) and all(  # type: ignore[union-attr]
+            m["role"] != "learner" for m in members
         )
+        return settled and all(m["match_index"] >= ci - 200 for m in members)
 
     with contextlib.suppress(AssertionError):
         wait_for(ok, timeout, f"{group} to have all members caught up", interval=0.1)
