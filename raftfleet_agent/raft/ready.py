@@ -14,6 +14,11 @@ A host handles a Ready in this order, then calls `member.advance(ready)`:
 3. If `snapshot` is set, restore the state machine from it, then apply
    `committed` in order. Answer each of `reads` once the state machine has
    applied `ReadState.index`; fail each of `failed_reads` (not the leader).
+   Without a snapshot, `committed` may be applied (and its clients answered)
+   as soon as the Ready is taken, before step 1 completes: those entries are
+   durable on a majority, and what step 1 adds (the commit index in
+   `hard_state`) is learned again from the leader after a crash. etcd's
+   server applies in parallel with its WAL write for the same reason.
 4. If `removed`, this replica was removed from its group: stop it.
 
 `ready()` raises if called again before `advance()`; inputs (`tick`, `step`,

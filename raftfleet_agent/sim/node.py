@@ -116,6 +116,11 @@ class SimNode:
         self.paused_until = 0  # non-zero while the process is frozen
         self.deferred: list[Callable[[], None]] = []  # client requests waiting for a resume
         self.gone = False  # removed from the group and stopped for good
+        # Half the nodes apply committed entries as soon as the Ready is taken,
+        # before the disk write, as the agent does (ready.py allows it). From the
+        # seed already drawn: no new draw, so every seed's run stays the same.
+        self.apply_early = seed & 1 == 1
+        self._applied_early = False
 
     @property
     def alive(self) -> bool:
@@ -154,7 +159,15 @@ class SimNode:
         for msg in rd.early_messages:
             self.send(msg)
         self.inflight = rd
+        self._applied_early = self.apply_early and rd.snapshot is None
+        if self._applied_early:
+            self._apply(rd)
         return True
+
+    def _apply(self, rd: Ready) -> None:
+        for e in rd.committed:
+            reply, effective = self.sm.apply(e)
+            self.on_apply(self, e, reply, effective)
 
     def finish_ready(self) -> None:
         """The disk write completed: send, apply, answer, advance."""
@@ -167,9 +180,8 @@ class SimNode:
             self.send(msg)
         if rd.snapshot is not None:
             self.sm.restore(rd.snapshot.data, rd.snapshot.meta.index)
-        for e in rd.committed:
-            reply, effective = self.sm.apply(e)
-            self.on_apply(self, e, reply, effective)
+        if not self._applied_early:
+            self._apply(rd)
         self.reads.extend(PendingRead(r, r.ctx) for r in rd.reads)  # type: ignore[arg-type]
         m.advance(rd)
         self._answer_reads()
