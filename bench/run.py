@@ -1123,8 +1123,7 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   processes and, for the comparisons, the 3 PySyncObj / etcd processes. Every number is
   CPU-bound on this box and would change on a larger machine.
 - load average at start / end of the run: {m.get("loadavg_start")} / {m.get("loadavg_end")}.
-  Other engineers' jobs (simulator, test suites) were running on the same 2 cores during this
-  run, so absolute numbers are pessimistic and noisy; the peers ran under the same conditions.
+  {_load_note(m)}
 - storage: durable on the real disk under `bench/out/` (SQLite with group commit for raftfleet,
   etcd's WAL with fsync; PySyncObj {get(res, "meta.pysyncobj_note")}).
 - medians of {m["reps"]} repetitions of {m["window_s"]} s windows (failover: {get(res, "failover.kills")} kills).
@@ -1178,8 +1177,21 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
         text += "| self % | function |\n| --- | --- |\n"
         for f, p in prof["top_self"][:12]:
             text += f"| {p} | `{f}` |\n"
+    misses = ROOT / "bench" / "MISSES.md"
+    if misses.exists():
+        text += "\n" + misses.read_text()
     text += "\n## JSON of the run\n\n```json\n" + json.dumps(res, indent=1) + "\n```\n"
     path.write_text(text)
+
+
+def _load_note(meta: dict) -> str:
+    start = meta.get("loadavg_start") or [0.0]
+    if start[0] >= 1.0:
+        return (
+            "Other jobs were running on the same 2 cores when the run started, so absolute\n"
+            "  numbers are pessimistic and noisy; the peers ran under the same conditions."
+        )
+    return "The machine was otherwise idle when the run started (1-minute load below 1)."
 
 
 # --------------------------------------------------------------------------
