@@ -810,7 +810,7 @@ class RaftMember:
     def _on_round_acked(self) -> None:
         """A majority confirmed us up to some round: extend the lease, release reads."""
         q = self._quorum_round()
-        for r, started in self._round_ticks:
+        for r, started in () if self.quiescent else self._round_ticks:
             if r == q:
                 lease = started + self.opts.election_ticks - self.opts.lease_drift_ticks
                 self._lease_until = max(self._lease_until, lease)
@@ -1230,6 +1230,11 @@ class RaftMember:
         self.quiescent = False
         self._idle_ticks = 0
         if self.role is Role.LEADER:
+            # Our ticks stopped while quiet: a round started before is measured
+            # against a frozen clock, so late acks of it must not grant a lease
+            # (a partitioned quiet leader would serve stale reads on waking).
+            self._lease_until = 0
+            self._round_ticks.clear()
             self._need_round = True  # tell the followers at once
         else:
             self.election_elapsed = 0

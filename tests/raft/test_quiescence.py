@@ -75,3 +75,30 @@ def test_a_lost_quiesce_heartbeat_only_delays_quiet() -> None:
     assert c.leaders() == [A]
     c.run(20)
     assert all(c[r].quiescent for r in (A, B, C))
+
+
+def test_late_acks_of_the_quiesce_round_grant_no_lease_on_waking() -> None:
+    # Simulator seed 314: the acks of the quiesce heartbeat arrived after the
+    # leader went quiet and set a lease measured in ticks that had stopped; cut
+    # off, then woken by a read, it answered from its lease a value a new
+    # majority had already overwritten.
+    c = Cluster(opts=QUIET)
+    c.elect(A)
+    c.propose(A, "x")
+    late: list[m.Message] = []
+    for _ in range(20):
+        c.tick()
+        c.deliver()
+        late += c.take(lambda msg: isinstance(msg, m.HeartbeatResp) and msg.to == A)
+        if c[A].quiescent:
+            break
+    c.deliver()  # the quiesce heartbeat reaches B and C, which answer
+    late += c.take(lambda msg: isinstance(msg, m.HeartbeatResp) and msg.to == A)
+    assert c[A].quiescent and late
+    c.inject(*late)  # the answers arrive after A went quiet
+    assert not c[A].lease_valid()
+    c.isolate(A)
+    c[A].read("stale?")
+    assert c[A].read_index_now() is None  # no lease: ReadIndex needs a majority it cannot reach
+    c.run(3)
+    assert c.replicas[A].reads == []
