@@ -665,13 +665,14 @@ class _Ticket:
         self._settled = False
 
     def ok(self, result: object) -> None:
-        if self._settle():
-            self._conn.reply_soon(ok_response(self._request.id, result))
-            self._conn._finish(self._request.id)
+        self._answer(ok_response(self._request.id, result))
 
     def fail(self, error: ControlError) -> None:
+        self._answer(error_response(self._request.id, error))
+
+    def _answer(self, reply: dict[str, object]) -> None:
         if self._settle():
-            self._conn.reply_soon(error_response(self._request.id, error))
+            self._conn.reply_soon(reply)
             self._conn._finish(self._request.id)
 
     def slow(self) -> None:

@@ -464,8 +464,7 @@ class MultiRaftHost:
     ) -> ApplyResult:
         """Propose and wait until applied. Raises NotLeader, LostLeadership, trio.TooSlowError."""
         r = self._replica(group)
-        data = encode_command(client, seq, int(time.time() * 1000), arg)
-        w = r.propose(data)
+        w = r.propose(_command_data(client, seq, arg))
         self._touch(group)
         result = await self._wait(w, timeout_s)
         self.metrics.note_committed(w.created_s, w.resolved_s)
@@ -474,14 +473,25 @@ class MultiRaftHost:
     async def query(self, group: str, arg: object, timeout_s: float) -> ApplyResult:
         """A linearizable read on the leader (lease, else ReadIndex)."""
         r = self._replica(group)
-        self._catch_up()  # a read right after a pause must see the lost time first
-        index = r.member.read_index_now()
-        if index is not None and r.applier.applied_index >= index:
-            # Lease read, state machine caught up: answer now, no loop turn needed.
-            return r.applier.query(arg)
+        now = self._read_now(r, arg)
+        if now is not None:
+            return now
         w = r.read(arg)
         self._touch(group)
         return await self._wait(w, timeout_s)
+
+    def _read_now(self, r: Replica, arg: object) -> ApplyResult | None:
+        """The answer of a lease read if it can be given in this step (no loop turn)."""
+        self._catch_up()  # a read right after a pause must see the lost time first
+        index = r.member.read_index_now()
+        if index is not None and r.applier.applied_index >= index:
+            return r.applier.query(arg)
+        return None
+
+    # Requests started without a task (the control server's fast path): the
+    # waiter calls `on_done` when it resolves (an ApplyResult, LostLeadership,
+    # ReplicaGone or Expired). None: this agent cannot take it right now (not
+    # the leader, a transfer under way); the caller routes and retries instead.
 
     def start_command(
         self,
@@ -492,49 +502,44 @@ class MultiRaftHost:
         timeout_s: float,
         on_done: Callable[[Waiter], None],
     ) -> Waiter | None:
-        """Propose on a local leader without a task; `on_done` gets the waiter when
-        it resolves (an ApplyResult, LostLeadership, ReplicaGone or Expired).
-        None when this agent cannot take it right now (not the leader, a transfer
-        under way): the caller takes the slow path, which routes and retries.
-        """
-        r = self.replicas.get(group)
-        if r is None or not r.member.is_leader:
+        r = self._local_leader(group)
+        if r is None:
             return None
-        data = encode_command(client, seq, int(time.time() * 1000), arg)
         try:
-            w = r.propose(data)
+            w = r.propose(_command_data(client, seq, arg))
         except RaftError:
             return None
-        w.on_done = on_done
-        self._watch(w, timeout_s)
-        self._touch(group)
-        return w
+        return self._started(group, w, timeout_s, on_done)
 
     def start_query(
         self, group: str, arg: object, timeout_s: float, on_done: Callable[[Waiter], None]
     ) -> ApplyResult | Waiter | None:
-        """A linearizable read on a local leader without a task: the result now
-        (lease, state machine caught up), a waiter that calls `on_done`, or None
-        (not the leader here: take the slow path)."""
-        r = self.replicas.get(group)
-        if r is None or not r.member.is_leader:
+        """As start_command, for a linearizable read; the result itself when a
+        lease read can be answered now."""
+        r = self._local_leader(group)
+        if r is None:
             return None
-        self._catch_up()  # a read right after a pause must see the lost time first
-        index = r.member.read_index_now()
-        if index is not None and r.applier.applied_index >= index:
-            return r.applier.query(arg)
+        now = self._read_now(r, arg)
+        if now is not None:
+            return now
         try:
             w = r.read(arg)
         except RaftError:
             return None
-        w.on_done = on_done
-        self._watch(w, timeout_s)
-        self._touch(group)
-        return w
+        return self._started(group, w, timeout_s, on_done)
 
-    def _watch(self, w: Waiter, timeout_s: float) -> None:
+    def _local_leader(self, group: str) -> Replica | None:
+        r = self.replicas.get(group)
+        return r if r is not None and r.member.is_leader else None
+
+    def _started(
+        self, group: str, w: Waiter, timeout_s: float, on_done: Callable[[Waiter], None]
+    ) -> Waiter:
+        w.on_done = on_done
         deadline = trio.current_time() + timeout_s
         heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), w))
+        self._touch(group)
+        return w
 
     def query_stale(self, group: str, arg: object) -> ApplyResult:
         return self._replica(group).applier.query(arg)
@@ -578,3 +583,8 @@ class MultiRaftHost:
             messages_dropped=self._dropped,
             batches_in_flight=self._in_flight,
         )
+
+
+def _command_data(client: str, seq: int, arg: object) -> object:
+    """A command's log entry: the request id, the leader's wall clock (session expiry), the arg."""
+    return encode_command(client, seq, int(time.time() * 1000), arg)
