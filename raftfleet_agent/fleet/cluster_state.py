@@ -483,12 +483,6 @@ def desired_cluster_voters(state: dict[str, Any], n: int = CLUSTER_VOTERS_MAX) -
     return cluster_voters(active_agents_per_zone(state), n)
 
 
-def groups_led_by(state: dict[str, Any], agent: str) -> list[str]:
-    """Sorted names of the groups whose desired leader is `agent`."""
-    zones = active_agents_per_zone(state)
-    return [g for g in sorted(state["groups"]) if lrw_members(zones, g, 1) == [agent]]
-
-
 # --------------------------------------------------------------------------
 # Snapshot validation
 

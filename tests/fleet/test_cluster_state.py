@@ -18,7 +18,6 @@ from raftfleet_agent.fleet.cluster_state import (
     desired_cluster_voters,
     desired_members,
     error_code,
-    groups_led_by,
     load_cluster_type,
 )
 from raftfleet_agent.fleet.placement import lrw_members
@@ -431,12 +430,14 @@ def test_desired_members_use_active_agents_only_and_span_zones() -> None:
     assert sorted(desired_members(state, "big")) == sorted(zone_of)  # only 5 active
     assert desired_members(state, "unknown") == []
     # Every group has exactly one desired leader, an active agent.
-    led = {agent: groups_led_by(state, agent) for agent in state["agents"]}
+    led: dict[str, list[str]] = {agent: [] for agent in state["agents"]}
+    for g in state["groups"]:
+        led[desired_members(state, g)[0]].append(g)
     assert led["d1"] == led["e1"] == led["f1"] == []
     assert sorted(g for gs in led.values() for g in gs) == sorted([*names, "big"])
     for agent, groups in led.items():
         for g in groups:
-            assert desired_members(state, g)[0] == agent
+            assert lrw_members(active_agents_per_zone(state), g, 1) == [agent]
 
 
 def test_desired_members_follow_the_state() -> None:
