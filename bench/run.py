@@ -328,25 +328,21 @@ def sc_raftfleet_1group(cfg: dict) -> dict:
         ldr = leader_of(procs, "w")
         socks = [ldr.sock]
         cmd = {"timeout_s": 5, "retries": 3}
-        qry = {"timeout_s": 5}
-        for clients in (1, 64):
-            res[f"write_{clients}"] = repeat(
-                lambda c=clients: measure(
-                    framed_specs(socks, c, "command", "inc", cmd), cfg["window"]
-                ),
-                cfg["reps"],
-            )
-            log(f"raftfleet write clients={clients}: {brief(res[f'write_{clients}'])}")
+
+        def run(kind: str, op: str, arg: str, extra: dict) -> None:
+            for clients in (1, 64):
+                res[f"{kind}_{clients}"] = repeat(
+                    lambda c=clients: measure(
+                        framed_specs(socks, c, op, arg, extra), cfg["window"]
+                    ),
+                    cfg["reps"],
+                )
+                log(f"raftfleet {kind} clients={clients}: {brief(res[f'{kind}_{clients}'])}")
+
+        run("write", "command", "inc", cmd)
         if cfg.get("profile"):
             res["profile"] = profile_window(ldr, socks, cmd, cfg)
-        for clients in (1, 64):
-            res[f"read_{clients}"] = repeat(
-                lambda c=clients: measure(
-                    framed_specs(socks, c, "query", "get", qry), cfg["window"]
-                ),
-                cfg["reps"],
-            )
-            log(f"raftfleet read clients={clients}: {brief(res[f'read_{clients}'])}")
+        run("read", "query", "get", {"timeout_s": 5})
     return res
 
 
