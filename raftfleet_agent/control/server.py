@@ -52,7 +52,7 @@ import pwd
 import socket
 import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import NoReturn, Protocol
 
@@ -62,6 +62,7 @@ import trio
 from raftfleet_agent.control.protocol import (
     BAD_REQUEST,
     INTERNAL,
+    OPS,
     REQUEST_BYTES_MAX,
     RESPONSE_BYTES_MAX,
     TIMEOUT,
@@ -113,6 +114,10 @@ class ControlHandler(Protocol):
     """What the agent implements behind the control server."""
 
     async def handle(self, op: str, args: dict[str, object], events: EventSink) -> object: ...
+
+
+# A handler's optional fast path: `fast(op, args, ticket) -> bool`.
+_FastPathFn = Callable[[str, dict[str, object], "Ticket"], bool]
 
 
 class Ticket(Protocol):
@@ -370,6 +375,8 @@ class _Connection:
         self.stream = stream
         self.peer = peer
         self.token = token  # None on the Unix socket: the kernel vouched for the peer
+        # The handler's fast path, looked up once rather than per request.
+        self._fast: _FastPathFn | None = getattr(server.handler, "fast", None)
         self.authenticated = token is None
         self.idle_timeout_s = None if token is None else self.limits.idle_timeout_s
         self.decoder = FrameDecoder(self.limits.request_bytes_max)
@@ -385,6 +392,9 @@ class _Connection:
         self.slots = trio.Semaphore(self.limits.max_in_flight)
         self.in_flight: set[int] = set()
         self.streams: dict[int, trio.CancelScope] = {}
+        # last_active is read only for the idle timeout, so it is kept up to
+        # date only on connections that have one (reading the clock per
+        # request would cost the others for nothing).
         self.opened_at = self.last_active = trio.current_time()
         # When the first byte of the frame being received arrived, if any.
         self.frame_started: float | None = None
@@ -422,7 +432,8 @@ class _Connection:
                 self.decoder.feed(data)
                 while (obj := self.decoder.next_frame()) is not NEED_DATA:
                     completed += 1
-                    self.last_active = trio.current_time()
+                    if self.idle_timeout_s is not None:
+                        self.last_active = trio.current_time()
                     if not await self._dispatch(obj):
                         return
             except FrameError as exc:
@@ -449,6 +460,15 @@ class _Connection:
     async def _receive(self) -> bytes | None:
         """The next bytes from the client; None at EOF, on error or timeout."""
         deadline, reason = self._deadline()
+        if deadline == math.inf and self.idle_timeout_s is None:
+            # No deadline now, and none can appear while we wait: only `_finish`
+            # moves it, to start the idle clock, and this connection has none.
+            # So skip the cancel scope: entering and leaving one costs more
+            # CPU than a pipelined request's share of the receive.
+            try:
+                return await self.stream.receive_some(_RECEIVE_BYTES) or None
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
         with trio.CancelScope(deadline=deadline) as scope:
             self.receive_scope = scope
             try:
@@ -501,30 +521,29 @@ class _Connection:
         self.in_flight.add(request_id)
         self.server._requests_in_flight += 1
         self.server._requests_total += 1
-        request = Request(request_id, op, args)
-        fast = getattr(self.server.handler, "fast", None)
-        if fast is not None and not request.streaming and self._try_fast(fast, request):
-            return True
+        if self._fast is not None and not OPS[op].streaming:
+            ticket = _Ticket(self, request_id, op, args)
+            if self._try_fast(self._fast, ticket):
+                return True
         assert self.nursery is not None
-        self.nursery.start_soon(self._run_request, request)
+        self.nursery.start_soon(self._run_request, Request(request_id, op, args))
         return True
 
-    def _try_fast(self, fast: object, request: Request) -> bool:
-        ticket = _Ticket(self, request)
+    def _try_fast(self, fast: _FastPathFn, ticket: _Ticket) -> bool:
         try:
-            taken = fast(request.op, request.args, ticket)  # type: ignore[operator]
+            taken = fast(ticket.op, ticket.args, ticket)
         except ControlError as exc:
             ticket.fail(exc)
             return True
         except Exception:
-            ticket.fail(self._internal_error(request))
+            ticket.fail(self._internal_error(ticket.op, ticket.id))
             return True
         return bool(taken)
 
-    def _internal_error(self, request: Request) -> ControlError:
-        logger.exception("control: %s (id %d) from %s failed", request.op, request.id, self.peer)
+    def _internal_error(self, op: str, request_id: int) -> ControlError:
+        logger.exception("control: %s (id %d) from %s failed", op, request_id, self.peer)
         self.server._internal_errors_total += 1
-        return ControlError(INTERNAL, f"{request.op} failed: an agent bug (see the agent log)")
+        return ControlError(INTERNAL, f"{op} failed: an agent bug (see the agent log)")
 
     async def _authenticate(self, request_id: int, token: bytes) -> bool:
         if self.token is None:
@@ -561,7 +580,7 @@ class _Connection:
         except ControlError as exc:
             return error_response(request.id, exc)
         except Exception:
-            return error_response(request.id, self._internal_error(request))
+            return error_response(request.id, self._internal_error(request.op, request.id))
         return ok_response(request.id, result)
 
     def _finish(self, request_id: int) -> None:
@@ -571,7 +590,8 @@ class _Connection:
         if not self.in_flight:
             if self._drained is not None:
                 self._drained.set()
-            self.last_active = trio.current_time()
+            if self.idle_timeout_s is not None:
+                self.last_active = trio.current_time()
             if self.receive_scope is not None:
                 # The reader is waiting with no deadline; the idle clock starts now.
                 self.receive_scope.deadline = self._deadline()[0]
@@ -629,19 +649,24 @@ class _Connection:
             await trio.lowlevel.checkpoint()
             return
         async with self.send_lock:
-            # Shielded: a frame cancelled half-way would garble the stream.
-            with trio.CancelScope(shield=True):
-                try:
-                    while self._outbox:
-                        data = b"".join(self._outbox)
-                        self._outbox.clear()
-                        with trio.fail_after(self.limits.send_timeout_s):
-                            await self.stream.send_all(data)
+            try:
+                while self._outbox:
+                    data = b"".join(self._outbox)
+                    self._outbox.clear()
+                    # Shielded: a frame cancelled half-way would garble the stream.
+                    # The scope's own deadline still bounds the write: one scope
+                    # does what a shield around fail_after did with three context
+                    # managers per write.
+                    deadline = trio.current_time() + self.limits.send_timeout_s
+                    with trio.CancelScope(shield=True, deadline=deadline) as scope:
+                        await self.stream.send_all(data)
+                    if scope.cancelled_caught:
+                        logger.info("control: closing %s: it does not read its replies", self.peer)
+                        break
+                else:
                     return
-                except trio.TooSlowError:
-                    logger.info("control: closing %s: it does not read its replies", self.peer)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
         self._outbox.clear()
         self._close_now()
         await trio.lowlevel.checkpoint()  # let the cancellation reach the caller
@@ -655,25 +680,31 @@ class _Connection:
 
 
 class _Ticket:
-    """A fast-path request: the handler settles it once, from the trio thread."""
+    """A fast-path request: the handler settles it once, from the trio thread.
 
-    __slots__ = ("_conn", "_request", "_settled")
+    It holds the request's parts rather than a `Request`: most are answered
+    right here, and only `slow` needs the record.
+    """
 
-    def __init__(self, conn: _Connection, request: Request) -> None:
+    __slots__ = ("_conn", "_settled", "args", "id", "op")
+
+    def __init__(self, conn: _Connection, request_id: int, op: str, args: dict) -> None:
         self._conn = conn
-        self._request = request
+        self.id = request_id
+        self.op = op
+        self.args = args
         self._settled = False
 
     def ok(self, result: object) -> None:
-        self._answer(ok_response(self._request.id, result))
+        self._answer(ok_response(self.id, result))
 
     def fail(self, error: ControlError) -> None:
-        self._answer(error_response(self._request.id, error))
+        self._answer(error_response(self.id, error))
 
     def _answer(self, reply: dict[str, object]) -> None:
         if self._settle():
             self._conn.reply_soon(reply)
-            self._conn._finish(self._request.id)
+            self._conn._finish(self.id)
 
     def slow(self) -> None:
         """Serve the request the normal way (a task running the handler) after all."""
@@ -681,10 +712,10 @@ class _Ticket:
             return
         conn = self._conn
         if conn.closed:
-            conn._finish(self._request.id)
+            conn._finish(self.id)
             return
         assert conn.nursery is not None
-        conn.nursery.start_soon(conn._run_request, self._request)
+        conn.nursery.start_soon(conn._run_request, Request(self.id, self.op, self.args))
 
     def _settle(self) -> bool:
         if self._settled:

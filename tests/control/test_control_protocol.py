@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftfleet_agent import config
@@ -318,3 +319,93 @@ def test_names_follow_the_config_rule_and_caps_match_the_transport() -> None:
     assert protocol.RESPONSE_BYTES_MAX == FRAME_BYTES_MAX
     assert protocol.REQUEST_BYTES_MAX == 1024 * 1024
     assert re.fullmatch(protocol.GROUP_NAME_RE, "A" + "b" * 127)
+
+
+# --------------------------------------------------------------------------
+# The hot ops' inline checks (`protocol._HOT_OPS`) against the field table
+
+
+def _same_args(fast: dict, table: dict) -> bool:
+    """Equal keys in the same order, values of the same type and value (or the same object)."""
+    return list(fast) == list(table) and all(
+        type(fast[k]) is type(table[k]) and (fast[k] is table[k] or fast[k] == table[k])
+        for k in table
+    )
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        ("command", {"group": "w", "arg": "inc", "timeout_s": 5, "retries": 3}),
+        ("command", {"group": "g" * 128, "arg": None}),
+        ("command", {"group": "a.b:c-d_e", "arg": [1], "timeout_s": 60.0, "retries": 0}),
+        ("command", {"group": "w", "arg": {}, "timeout_s": 1e-9, "retries": 20}),
+        ("query", {"group": "w", "arg": "get", "timeout_s": 5}),
+        ("query", {"group": "w", "arg": "get", "stale": True}),
+        ("query", {"group": "9", "arg": b"", "stale": False, "timeout_s": 0.25}),
+    ],
+)
+def test_hot_ops_take_plain_requests_and_agree(op: str, args: dict) -> None:
+    fast = protocol._HOT_OPS[op](args)
+    assert fast is not None, "the inline check must take plain valid requests"
+    assert _same_args(fast, protocol._check_fields(OPS[op], args, 7))
+    assert _same_args(validate_args(op, args), fast)
+
+
+# Per field: valid values (most draws: the inline check is exercised only when
+# every field passes), values just outside the rule, and anything else decoded
+# msgpack can hold.
+_odd_values = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64)
+    | st.floats()
+    | st.text(max_size=4)
+    | st.binary(max_size=3)
+    | st.lists(st.integers(-1, 3) | st.text(max_size=3), max_size=3)
+)
+_valid_values = {
+    "group": st.sampled_from(["w", "g" * 128, "a.b:c-d_e", "9"]),
+    "arg": _odd_values,
+    "request_id": st.tuples(st.text(min_size=1, max_size=3), st.integers(0, 3)).map(list),
+    "timeout_s": st.floats(1e-9, 60) | st.integers(1, 60),
+    "retries": st.integers(0, 20),
+    "stale": st.booleans(),
+}
+_invalid_values = {
+    "group": st.sampled_from(["g" * 129, "__cluster__", "-g", "g\n", "a/b", "é", ""]),
+    "arg": _odd_values,
+    "request_id": st.lists(st.text(max_size=3) | st.integers(-1, 3), max_size=3),
+    "timeout_s": st.sampled_from([0, 0.0, -0.0, 60.000001, 61, -1, math.inf, math.nan, True]),
+    "retries": st.sampled_from([-1, 21, True, False, 3.0]),
+    "stale": st.sampled_from([0, 1, "true", None]),
+}
+
+
+@settings(max_examples=400)
+@given(st.sampled_from(["command", "query"]), st.data())
+def test_hot_ops_agree_with_the_field_table(op: str, data: st.DataObject) -> None:
+    """Same normalized dict, or the same error, for any mix of present and odd fields."""
+    spec = OPS[op]
+    args = {}
+    for name in sorted(spec.field_names):
+        # 0-1 absent (request_id: 0-6, as from most clients), 2-7 valid, 8 invalid, 9 odd
+        kind = data.draw(st.integers(0, 9), label=f"{name} kind")
+        if kind <= (6 if name == "request_id" else 1):
+            continue
+        values = _valid_values if kind <= 7 else _invalid_values if kind == 8 else None
+        args[name] = data.draw(_odd_values if values is None else values[name], label=name)
+    try:
+        table = protocol._check_fields(spec, args, 7)
+    except RequestError as exc:
+        with pytest.raises(RequestError) as info:
+            validate_args(op, args, request_id=7)
+        got = info.value
+        assert (got.code, got.message, got.details, got.request_id) == (
+            exc.code,
+            exc.message,
+            exc.details,
+            exc.request_id,
+        )
+        return
+    assert _same_args(validate_args(op, args, request_id=7), table)
