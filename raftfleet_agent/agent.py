@@ -22,7 +22,7 @@ from functools import partial
 
 import trio
 
-from raftfleet_agent import sdnotify
+from raftfleet_agent import gc_policy, sdnotify
 from raftfleet_agent.config import AgentConfig
 from raftfleet_agent.control.protocol import ControlError
 from raftfleet_agent.control.server import ControlServer
@@ -162,6 +162,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         c = self.config
         recovered = await trio.to_thread.run_sync(self.host.recover)
+        gc_policy.freeze_recovered_state()
         logger.info(
             "recovered %d replicas from %s", recovered, "memory" if c.in_memory else c.data_dir
         )
@@ -325,4 +326,5 @@ async def run_agent(config: AgentConfig, reload: Callable[[], AgentConfig] | Non
 
 def serve(config: AgentConfig, reload: Callable[[], AgentConfig] | None = None) -> None:
     """Run an agent until SIGTERM/SIGINT; `reload` re-reads the configuration on SIGHUP."""
+    gc_policy.tune()
     trio.run(partial(run_agent, config, reload))
