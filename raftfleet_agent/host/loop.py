@@ -56,6 +56,9 @@ from raftfleet_agent.storage.api import GroupWrite, LogStore, WriteBatch
 
 logger = logging.getLogger("raftfleet.host")
 
+# Requests started without a task between two sweeps of the deadline heap.
+_DEADLINE_SWEEP_EVERY = 4096
+
 
 class UnknownGroup(Exception):
     code = "unknown_group"
@@ -127,6 +130,7 @@ class MultiRaftHost:
         # start_query), checked every tick: (deadline, tie-breaker, waiter).
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._deadline_seq = itertools.count()
+        self._started_since_sweep = 0
 
     # ------------------------------------------------------------ start
 
@@ -538,8 +542,25 @@ class MultiRaftHost:
         w.on_done = on_done
         deadline = trio.current_time() + timeout_s
         heapq.heappush(self._deadlines, (deadline, next(self._deadline_seq), w))
+        self._started_since_sweep += 1
+        if self._started_since_sweep >= _DEADLINE_SWEEP_EVERY:
+            self._sweep_deadlines()
         self._touch(group)
         return w
+
+    def _sweep_deadlines(self) -> None:
+        """Forget the deadlines of requests already answered.
+
+        The heap only pops what expired, so without this it keeps every request
+        of the last `timeout_s`, answer and reply callback included: 70,000 of
+        them at 14,000 commands/s with 5 s timeouts, tens of MB. Rebuilding it
+        every few thousand requests keeps it near the number in flight, for
+        O(1) amortised per request.
+        """
+        self._started_since_sweep = 0
+        live = [d for d in self._deadlines if not d[2].resolved]
+        heapq.heapify(live)
+        self._deadlines = live
 
     def query_stale(self, group: str, arg: object) -> ApplyResult:
         return self._replica(group).applier.query(arg)

@@ -239,6 +239,28 @@ async def test_start_command_and_query_call_back_once_resolved(cluster: Fabric) 
     assert lead.start_command("nope", "inc", "c", 2, 2.0, done.append) is None
 
 
+async def test_answered_requests_do_not_pile_up_until_their_deadline(cluster: Fabric) -> None:
+    # Deadlines of a minute, thousands of requests answered at once: the
+    # heap of deadlines must shrink back to what is still in flight.
+    await _create(cluster, "many")
+    lead = await _leader(cluster, "many")
+    answered: list = []
+    in_flight = 64
+    seq = iter(range(1, 10**6))
+
+    def start(_w: object = None) -> None:
+        if _w is not None:
+            answered.append(_w)
+        if len(answered) + in_flight <= 10_000:
+            assert lead.start_command("many", "inc", "c", next(seq), 60.0, start) is not None
+
+    for _ in range(in_flight):
+        start()
+    await _until(lambda: len(answered) >= 10_000 - in_flight, 60)
+    assert all(w.result.ok for w in answered)  # type: ignore[attr-defined]
+    assert len(lead._deadlines) <= in_flight + 4096
+
+
 async def test_start_command_expires_when_no_majority_answers(cluster: Fabric) -> None:
     await _create(cluster, "cut")
     lead = await _leader(cluster, "cut")
