@@ -118,6 +118,16 @@ def test_unencodable_value_is_a_type_error() -> None:
         encode_frame(object())
 
 
+def test_a_failed_encoding_leaves_nothing_behind_for_the_next_frame() -> None:
+    # The packer is reused: half a list packed before the failure must not
+    # end up in front of the next frame.
+    with pytest.raises(TypeError):
+        encode_frame(["x" * 50, 1, object()])
+    frame = encode_frame({"id": 1})
+    assert _decode_all(FrameDecoder(), frame) == [{"id": 1}]
+    assert len(frame) == 4 + len(msgpack.packb({"id": 1}))
+
+
 def test_zero_length_frame_is_invalid() -> None:
     decoder = FrameDecoder()
     with pytest.raises(FrameError, match="zero-length"):
