@@ -86,13 +86,16 @@ def encode_entry(e: Entry) -> list:
     return [e.term, e.index, int(e.kind), data]
 
 
+# A dict lookup, not `EntryKind(k)`: an enum call per entry showed in profiles.
+_ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
+
+
 def decode_entry(v: object) -> Entry:
     term, index, kind, data = _seq(v, "entry", 4)
-    try:
-        k = EntryKind(_int(kind, "entry kind"))
-    except ValueError:
-        raise CodecError(f"entry kind: unknown {kind}") from None
-    if k == EntryKind.CONFIG:
+    k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
+    if k is None:
+        raise CodecError(f"entry kind: unknown {kind!r:.40}")
+    if k is EntryKind.CONFIG:
         data = decode_config(data)
     return Entry(_int(term, "entry term"), _int(index, "entry index"), k, data)
 
@@ -193,24 +196,55 @@ def encode_message(msg: m.Message) -> list:
     return out
 
 
+# Per type code: the class, its field count, and (name, decoder) of its own fields.
+_DECODERS: tuple[tuple[type[m.Message], int, tuple[tuple[str, Any], ...]], ...] = tuple(
+    (cls, 6 + len(_FIELDS[cls]), tuple((name, dec) for name, _enc, dec in _FIELDS[cls]))
+    for cls in m.MESSAGE_TYPES
+)
+
+# Replica ids already decoded (and checked), shared by every message that
+# names them: a peer names the same few replicas over and over. Bounded, as a
+# hostile peer could name new ones forever.
+_REPLICAS: dict[tuple[object, object], ReplicaId] = {}
+_REPLICAS_MAX = 4096
+
+
+def _message_replica(agent: object, n: object) -> ReplicaId:
+    # Exact types first: a list is unhashable, and True == 1 would find (a, 1).
+    if type(agent) is not str or type(n) is not int:
+        return decode_replica([agent, n])  # raises CodecError
+    key = (agent, n)
+    r = _REPLICAS.get(key)
+    if r is None:
+        r = decode_replica(key)
+        if len(_REPLICAS) >= _REPLICAS_MAX:
+            _REPLICAS.clear()
+        _REPLICAS[key] = r
+    return r
+
+
 def decode_message(v: object) -> m.Message:
-    v = _seq(v, "message")
-    if len(v) < 6 or type(v[0]) is not int or not 0 <= v[0] < len(m.MESSAGE_TYPES):
+    if type(v) is not list and not isinstance(v, list | tuple):
+        raise CodecError("message: expected a list")
+    code = v[0] if v else None
+    if len(v) < 6 or type(code) is not int or not 0 <= code < len(_DECODERS):
         raise CodecError("message: unknown type")
-    cls = m.MESSAGE_TYPES[v[0]]
-    fields = _FIELDS[cls]
-    if len(v) != 6 + len(fields):
-        raise CodecError(f"{cls.__name__}: expected {6 + len(fields)} fields, got {len(v)}")
-    kw = {name: dec(v[6 + i], name) for i, (name, _enc, dec) in enumerate(fields)}
+    cls, n, fields = _DECODERS[code]
+    if len(v) != n:
+        raise CodecError(f"{cls.__name__}: expected {n} fields, got {len(v)}")
+    kw = {
+        "frm": _message_replica(v[1], v[2]),
+        "to": _message_replica(v[3], v[4]),
+        "term": _int(v[5], "term"),
+    }
+    i = 6
+    for name, dec in fields:
+        kw[name] = dec(v[i], name)
+        i += 1
     if cls is m.Append and kw["entries"] and kw["entries"][0].index != kw["prev_index"] + 1:
         # The follower's log would get entries at the wrong positions.
         raise CodecError("Append: entries do not start right after prev_index")
-    return cls(
-        frm=decode_replica(v[1:3]),
-        to=decode_replica(v[3:5]),
-        term=_int(v[5], "term"),
-        **kw,
-    )
+    return cls(**kw)
 
 
 def packb(value: object) -> bytes:

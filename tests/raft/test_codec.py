@@ -148,3 +148,15 @@ def test_mutated_messages_raise_only_codec_error(msg: m.Message, data: st.DataOb
     i = data.draw(st.integers(0, len(encoded) - 1))
     encoded[i] = data.draw(msgpack_values)
     _check_decode(codec.unpackb(codec.packb(encoded)))
+
+
+def test_decoded_replica_ids_are_shared_checked_and_bounded() -> None:
+    raw = codec.encode_message(m.HeartbeatResp(frm=A, to=ReplicaId("b", 1), term=5, round=1))
+    first, second = codec.decode_message(raw), codec.decode_message(list(raw))
+    assert first == second and first.frm is second.frm  # one object per replica id
+    # A cached ("b", 1) must not stand in for ("b", True): True == 1 in a dict.
+    with pytest.raises(CodecError):
+        codec.decode_message([*raw[:3], "b", True, *raw[5:]])
+    for n in range(codec._REPLICAS_MAX + 10):  # a peer naming replicas forever
+        codec.decode_message([*raw[:3], "z", n, *raw[5:]])
+    assert len(codec._REPLICAS) <= codec._REPLICAS_MAX
