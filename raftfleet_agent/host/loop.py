@@ -273,6 +273,8 @@ class MultiRaftHost:
     def _writes_of(group: str, rd: Ready) -> list[GroupWrite]:
         if not rd.must_persist:
             return []
+        if rd.snapshot is None and rd.compacted is None:  # nearly always
+            return [GroupWrite(group=group, entries=rd.entries, hard_state=rd.hard_state)]
         snaps = sorted(
             (s for s in (rd.snapshot, rd.compacted) if s is not None), key=lambda s: s.meta.index
         )

@@ -51,7 +51,7 @@ from raftfleet_agent.raft.errors import (
 from raftfleet_agent.raft.log import RaftLog
 from raftfleet_agent.raft.membership import ConfOp, apply_change
 from raftfleet_agent.raft.progress import Progress, ProgressState
-from raftfleet_agent.raft.quorum import committed_index, quorum_size, vote_result
+from raftfleet_agent.raft.quorum import quorum_index, quorum_size, vote_result
 from raftfleet_agent.raft.ready import Ready
 from raftfleet_agent.raft.types import (
     Config,
@@ -865,9 +865,13 @@ class RaftMember:
         self._replicate_dirty = True
 
     def _maybe_commit(self) -> None:
-        match = {r: pr.match for r, pr in self.progress.items()}
-        match[self.id] = self.log.persisted
-        ci = committed_index(self.config.voters, match)
+        # Runs on every acknowledgement: a list of the voters' matches, no dict.
+        me, progress, persisted = self.id, self.progress, self.log.persisted
+        matches = [
+            persisted if v == me else (pr.match if (pr := progress.get(v)) is not None else 0)
+            for v in self.config.voters
+        ]
+        ci = quorum_index(matches)
         # Figure 8: only entries of our own term are committed by counting.
         if ci > self.commit and self.log.term_at(ci) == self.term:
             self.commit = ci

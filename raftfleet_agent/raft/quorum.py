@@ -16,10 +16,15 @@ def committed_index(voters: Iterable[ReplicaId], match: Mapping[ReplicaId, int])
 
     Sorting descending, the quorum-th value is held by at least a quorum.
     """
-    values = sorted((match.get(v, 0) for v in voters), reverse=True)
-    if not values:
+    return quorum_index([match.get(v, 0) for v in voters])
+
+
+def quorum_index(matches: list[int]) -> int:
+    """The highest index held by a majority, given each voter's match (0 if none)."""
+    if not matches:
         return 0
-    return values[quorum_size(len(values)) - 1]
+    matches.sort(reverse=True)
+    return matches[quorum_size(len(matches)) - 1]
 
 
 def vote_result(voters: frozenset[ReplicaId], granted: Mapping[ReplicaId, bool]) -> bool | None:
