@@ -284,10 +284,14 @@ class FleetService:
         st = self.local_state()
         if st is None:
             # No cluster-state replica here: nothing to plan. A draining agent
-            # loses that replica early, yet its drain must still finish.
+            # loses that replica early, yet its drain must still finish, and a
+            # replica removed while it was cut off (one that never hears of it)
+            # would hold the drain forever: check them against their groups first.
             if self.host.replicas.get(CLUSTER) is None:
                 with contextlib.suppress(FleetError):
-                    await self._maybe_drained(await self.state())
+                    remote = await self.state()
+                    await self._discard_orphans(remote)
+                    await self._maybe_drained(remote)
             return
         if time.monotonic() - self._last_sweep >= FULL_SWEEP_S:
             self._last_sweep = time.monotonic()
