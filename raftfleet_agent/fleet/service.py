@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -45,6 +46,9 @@ register_internal_type("cluster", cs.ClusterState)
 
 CLUSTER = "__cluster__"
 FULL_SWEEP_S = 60.0  # how often every group is looked at again, settled or not
+# The sweep goes one slice of the groups at a time: all 3,300 groups an agent
+# leads at 10,000 groups, re-checked at once, made a visible CPU bump a minute.
+SWEEP_SLICES = 12
 ROUND_GAP_S = 0.2  # rounds triggered by changes come at most this often
 STATE_POLL_S = 0.2
 
@@ -57,6 +61,15 @@ class FleetError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def sweep_slice_of(group: str) -> int:
+    """Which slice of the full sweep re-checks `group` (the same on every agent)."""
+    return zlib.crc32(group.encode()) % SWEEP_SLICES
+
+
+def _sweep_slice_now() -> int:
+    return int(time.monotonic() / (FULL_SWEEP_S / SWEEP_SLICES)) % SWEEP_SLICES
 
 
 class FleetService:
@@ -81,7 +94,7 @@ class FleetService:
         self._settled: dict[str, tuple[int, Plan]] = {}
         self._plan_book = PlanBook(self.name, CLUSTER)
         self._layout_changes = 0
-        self._last_sweep = time.monotonic()
+        self._sweep_slice = _sweep_slice_now()
 
     # ------------------------------------------------------------ cluster state
 
@@ -293,9 +306,16 @@ class FleetService:
                     await self._discard_orphans(remote)
                     await self._maybe_drained(remote)
             return
-        if time.monotonic() - self._last_sweep >= FULL_SWEEP_S:
-            self._last_sweep = time.monotonic()
-            self._settled.clear()  # now and then, look at every group again anyway
+        due = _sweep_slice_now()
+        if due != self._sweep_slice:
+            # Now and then, look at every group again anyway: a slice at a
+            # time, and every slice passed since the last round.
+            passed = set()
+            while self._sweep_slice != due:
+                self._sweep_slice = (self._sweep_slice + 1) % SWEEP_SLICES
+                passed.add(self._sweep_slice)
+            for g in [g for g in self._settled if sweep_slice_of(g) in passed]:
+                del self._settled[g]
         for plan in self._cached_plans(st):
             if plan.group in self._converging or self._settled.get(plan.group) == (
                 self._epoch,

@@ -84,3 +84,14 @@ def test_a_layout_change_replans_everything_and_is_counted() -> None:
     assert len(cluster) == 1 and cluster[0].voters == tuple(desired_cluster_voters(st))
     assert set(cluster[0].learners) == set(st["agents"]) - set(cluster[0].voters)
     assert {p.group: p.voters for p in got if p.group != "__cluster__"} == _expected(st, "a")
+
+
+def test_the_full_sweep_goes_a_slice_at_a_time_and_covers_every_group() -> None:
+    from raftfleet_agent.fleet.service import SWEEP_SLICES, sweep_slice_of
+
+    groups = [f"g{i}" for i in range(3300)]
+    slices = [sweep_slice_of(g) for g in groups]
+    assert set(slices) == set(range(SWEEP_SLICES))  # each group in exactly one slice
+    largest = max(slices.count(k) for k in range(SWEEP_SLICES))
+    assert largest < 2 * len(groups) / SWEEP_SLICES  # no slice re-checks most of them
+    assert [sweep_slice_of(g) for g in groups] == slices  # the same on every call
