@@ -689,46 +689,49 @@ def _check_fields(
 # Called only when args have no unknown field. A test holds them equal.
 
 
-def _command_args(args: Mapping[object, object]) -> dict[str, object] | None:
+def _plain_group_arg_timeout(args: Mapping[object, object]) -> tuple[str, float] | None:
+    """(group, timeout_s) of a hot op whose group, arg and timeout_s are plain and valid."""
     group = args.get("group")
     timeout_s = args.get("timeout_s", _TIMEOUT_S_DEFAULT)
-    retries = args.get("retries", _RETRIES_DEFAULT)
     if (
         type(group) is str
         and GROUP_NAME_RE.fullmatch(group)
         and group not in RESERVED_GROUP_NAMES
         and "arg" in args
-        and "request_id" not in args
         and type(timeout_s) in (float, int)  # never bool, nor a subclass
         and 0 < timeout_s <= TIMEOUT_S_MAX  # False for NaN, and infinity is out
-        and type(retries) is int
-        and 0 <= retries <= RETRIES_MAX
     ):
-        return {
-            "group": group,
-            "arg": args["arg"],
-            "request_id": None,
-            "timeout_s": float(timeout_s),
-            "retries": retries,
-        }
+        return group, float(timeout_s)
     return None
+
+
+def _command_args(args: Mapping[object, object]) -> dict[str, object] | None:
+    common = _plain_group_arg_timeout(args)
+    retries = args.get("retries", _RETRIES_DEFAULT)
+    if (
+        common is None
+        or "request_id" in args
+        or type(retries) is not int
+        or not 0 <= retries <= RETRIES_MAX
+    ):
+        return None
+    group, timeout_s = common
+    return {
+        "group": group,
+        "arg": args["arg"],
+        "request_id": None,
+        "timeout_s": timeout_s,
+        "retries": retries,
+    }
 
 
 def _query_args(args: Mapping[object, object]) -> dict[str, object] | None:
-    group = args.get("group")
+    common = _plain_group_arg_timeout(args)
     stale = args.get("stale", False)
-    timeout_s = args.get("timeout_s", _TIMEOUT_S_DEFAULT)
-    if (
-        type(group) is str
-        and GROUP_NAME_RE.fullmatch(group)
-        and group not in RESERVED_GROUP_NAMES
-        and "arg" in args
-        and type(stale) is bool
-        and type(timeout_s) in (float, int)
-        and 0 < timeout_s <= TIMEOUT_S_MAX
-    ):
-        return {"group": group, "arg": args["arg"], "stale": stale, "timeout_s": float(timeout_s)}
-    return None
+    if common is None or type(stale) is not bool:
+        return None
+    group, timeout_s = common
+    return {"group": group, "arg": args["arg"], "stale": stale, "timeout_s": timeout_s}
 
 
 _HOT_OPS: Final[Mapping[str, Callable[[Mapping[object, object]], dict[str, object] | None]]] = {
