@@ -224,7 +224,7 @@ def _message_replica(agent: object, n: object) -> ReplicaId:
 
 
 def decode_message(v: object) -> m.Message:
-    if type(v) is not list and not isinstance(v, list | tuple):
+    if not isinstance(v, list | tuple):
         raise CodecError("message: expected a list")
     code = v[0] if v else None
     if len(v) < 6 or type(code) is not int or not 0 <= code < len(_DECODERS):

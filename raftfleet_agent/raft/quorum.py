@@ -20,7 +20,10 @@ def committed_index(voters: Iterable[ReplicaId], match: Mapping[ReplicaId, int])
 
 
 def quorum_index(matches: list[int]) -> int:
-    """The highest index held by a majority, given each voter's match (0 if none)."""
+    """The highest index held by a majority, given each voter's match (0 if none).
+
+    Sorts `matches` in place: callers build the list for this call only.
+    """
     if not matches:
         return 0
     matches.sort(reverse=True)
