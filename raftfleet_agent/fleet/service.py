@@ -191,7 +191,7 @@ class FleetService:
                         await self.activate(zone)
                 await trio.sleep(5)
             except FleetError as e:
-                logger.debug("register: %s", e)
+                logger.info("register: %s", e)  # rare; a stuck agent must say why
                 await trio.sleep(0.5)
 
     def _needs_register(self, me: dict | None) -> bool:
@@ -405,7 +405,7 @@ class FleetService:
                 await self.propose(["drained", self.name, now_ms()])
                 logger.info("drained: this agent hosts no replica any more")
             except FleetError as e:
-                logger.debug("drained: %s", e)
+                logger.info("drained: not yet: %s", e)  # rare; a stuck drain must say why
 
     def _reachable(self, agent: str) -> bool:
         return agent == self.name or self.agent.transport.is_connected(agent)
