@@ -246,7 +246,8 @@ class RaftMember:
         self._pending_install: Snapshot | None = None
         self._pending_compacted: Snapshot | None = None
         self._removed_pending = False
-        self._ready_out: tuple[int | None, int] | None = None
+        # (log token, applied index handed out, whether it installs a snapshot)
+        self._ready_out: tuple[int | None, int, bool] | None = None
         self._snap_rx: tuple[SnapshotMeta, bytearray] | None = None
         self._reset_leader_state()
         self._become_follower(self.term, None)
@@ -1389,12 +1390,35 @@ class RaftMember:
         self._early, self._msgs, self._reads, self._failed_reads = [], [], [], []
         self._pending_install = self._pending_compacted = None
         self._removed_pending = False
-        self._ready_out = (token, self._applied_handed)
+        self._ready_out = (token, self._applied_handed, rd.snapshot is not None)
         if hard_state is not None:
             self._hs_persisted_next = hs_now
         else:
             self._hs_persisted_next = self._hs_persisted
         return rd
+
+    def take_committed(self) -> tuple[Entry, ...]:
+        """Entries committed since the Ready that is out, to apply now.
+
+        A leader's Ready waits for its own fsync, but its followers' fsyncs
+        can commit entries before that: without this those entries (and their
+        clients) waited for the Ready after, a whole extra disk write. Applying
+        them at once is safe for the reason in ready.py: committed means
+        durable on a majority. Never while a snapshot is still to be
+        restored (the state machine is not at its index yet), and only
+        after the out Ready's own `committed` were applied (the host applies
+        them when it takes the Ready).
+        """
+        out = self._ready_out
+        if out is None or out[2] or self._pending_install is not None:
+            return ()
+        lo = self._applied_handed + 1
+        hi = min(self._apply_limit(), self._applied_handed + self.opts.max_apply_entries)
+        if hi < lo:
+            return ()
+        self._applied_handed = hi
+        self._ready_out = (out[0], hi, False)
+        return tuple(self.log.slice(lo, hi + 1))
 
     def _apply_limit(self) -> int:
         """Entries up to here may be applied: committed ones only."""
@@ -1404,7 +1428,7 @@ class RaftMember:
         """The host persisted, sent and applied `rd` as the contract says."""
         if self._ready_out is None:
             raise RuntimeError("advance() without a Ready")
-        token, applied = self._ready_out
+        token, applied, _ = self._ready_out
         self._ready_out = None
         self._hs_persisted = self._hs_persisted_next
         self.log.mark_persisted(token)

@@ -22,7 +22,11 @@ A host handles a Ready in this order, then calls `member.advance(ready)`:
 4. If `removed`, this replica was removed from its group: stop it.
 
 `ready()` raises if called again before `advance()`; inputs (`tick`, `step`,
-`propose`, ...) may arrive in between and go into the next Ready.
+`propose`, ...) may arrive in between and go into the next Ready. A host
+that applied the Ready's `committed` when it took it may also call
+`take_committed()` in between: entries committed since (a leader's followers
+are often durable before the leader is) are handed out at once, in order,
+and never again.
 """
 
 from __future__ import annotations

@@ -153,6 +153,11 @@ class SimNode:
     def begin_ready(self) -> bool:
         """Take a Ready; its early messages leave at once, the rest waits for the disk."""
         m = self.member
+        if m is not None and self.inflight is not None and self._applied_early:
+            # As the agent does: what followers commit while our Ready waits
+            # for the disk is applied at once (RaftMember.take_committed).
+            self._apply_entries(m.take_committed())
+            self._answer_reads()
         if m is None or self.inflight is not None or not m.has_ready():
             return False
         rd = m.ready()
@@ -165,7 +170,10 @@ class SimNode:
         return True
 
     def _apply(self, rd: Ready) -> None:
-        for e in rd.committed:
+        self._apply_entries(rd.committed)
+
+    def _apply_entries(self, entries: tuple[Entry, ...]) -> None:
+        for e in entries:
             reply, effective = self.sm.apply(e)
             self.on_apply(self, e, reply, effective)
 

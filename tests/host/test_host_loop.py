@@ -346,3 +346,37 @@ async def test_committed_entries_are_answered_without_waiting_for_the_commit_ind
         took.append(time.monotonic() - t0)
         assert res.reply == seq - 1
     assert min(took) < 1.6 * delay, took
+
+
+async def test_a_command_is_answered_once_followers_commit_it_while_the_leaders_disk_is_slow(
+    nursery: trio.Nursery,
+) -> None:
+    # Two fast followers are a majority: their acknowledgements commit the
+    # entry while the leader's own write is still running, and the client is
+    # answered then, not after the leader's slow fsync (and the Ready after it).
+    delay = 1.0
+    fabric = Fabric()
+    for i, a in enumerate(AGENTS):
+        host = MultiRaftHost(
+            agent=a,
+            store=SlowDisk(delay) if a == "a1" else MemoryLogStore(),
+            send_frame=fabric.sender(a),
+            options=RaftOptions(election_ticks=100, heartbeat_ticks=2),
+            tick_interval_s=0.05,
+            rng=random.Random(i),
+        )
+        fabric.hosts[a] = host
+        await nursery.start(host.run)
+    await _create(fabric, "slowlead")
+    lead = fabric.hosts["a1"]
+    await _until(lambda: lead.replicas["slowlead"].member.is_leader, 20)
+    await lead.command("slowlead", "inc", "c", 1, timeout_s=20)
+    await _until(lambda: lead._in_flight == 0, 10)
+    t0 = time.monotonic()
+    res = await lead.command("slowlead", "inc", "c", 2, timeout_s=10)
+    took = time.monotonic() - t0
+    assert res.reply == 1
+    assert took < 0.5 * delay, took
+    await _until(lambda: lead._in_flight == 0, 10)
+    r = lead.replicas["slowlead"]
+    assert r.applier.applied_index == r.member.applied == r.member.commit  # no entry twice

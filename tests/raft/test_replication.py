@@ -138,6 +138,54 @@ def test_leader_counts_only_its_own_persisted_entries() -> None:
     assert c.state(A) == ["x"]
 
 
+def test_followers_commit_while_the_leaders_ready_is_out_and_it_is_taken_once() -> None:
+    c = Cluster()
+    c.elect(A)
+    assert c[A].take_committed() == ()  # no Ready out: the Ready hands entries out
+    c.hold_disk(A)
+    c[A].propose("x")
+    c.process()  # A's Ready (entry 2) waits for the disk; its appends are out
+    c.stabilize()
+    assert c[A].log.persisted == 1 and c[A].commit == 2  # B and C durable: a majority
+    assert c.replicas[A].held is not None
+    taken = c[A].take_committed()
+    assert [(e.index, e.data) for e in taken] == [(2, "x")]
+    assert c[A].take_committed() == ()  # handed out once
+    c.release_disk(A)
+    later = [e.index for rd in c.replicas[A].readys for e in rd.committed]
+    assert 2 not in later  # no Ready hands entry 2 out again
+    assert c[A].applied == 2
+
+
+def test_nothing_is_taken_early_while_a_snapshot_waits_to_be_restored() -> None:
+    c = Cluster()
+    c.elect(A)
+    c.isolate(C)
+    for k in range(3):
+        c.propose(A, k)
+    c.compact(A)  # C, far behind, can only be sent a snapshot
+    c.heal()
+    for _ in range(20):
+        if c.peek(is_msg(m.InstallSnapshot, to=C)):
+            break
+        c.tick()
+        c.deliver(lambda msg: not isinstance(msg, m.InstallSnapshot))
+    c.hold_disk(C)
+    c.deliver(is_msg(m.InstallSnapshot, to=C))  # the Ready installing it waits for C's disk
+    held = c.replicas[C].held
+    assert held is not None and held.snapshot is not None
+    c[A].propose("after")
+    c.process()
+    (entry,) = c.replicas[A].readys[-1].entries
+    # As a pipelined append would: "after" lands behind the snapshot, committed.
+    c[C].step(m.Append(frm=A, to=C, term=1, prev_index=4, prev_term=1, entries=(entry,), commit=5))
+    assert c[C].commit == 5 and held.snapshot.meta.index == 4
+    assert c[C].take_committed() == ()  # the state machine is not at the snapshot yet
+    c.release_disk(C)
+    c.run(2)
+    assert c.state(C) == [0, 1, 2, "after"]
+
+
 def test_leader_appends_are_early_messages_but_not_its_votes() -> None:
     c = Cluster()
     c.expire_leases(A, B, C)
