@@ -40,6 +40,17 @@ logger = logging.getLogger("raftfleet.ops")
 PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
 PEER_TIMEOUT_S_MAX = 120.0  # a forwarded command's timeout (the control API allows 60 s)
+# What `group_status` shows of each replica when the group has no leader.
+_REPLICA_VIEW = (
+    "reported_by",
+    "role",
+    "term",
+    "leader",
+    "quiescent",
+    "last_term",
+    "last_index",
+    "commit_index",
+)
 
 
 class AgentOps:
@@ -407,6 +418,11 @@ class AgentOps:
             voters = [m for m in st["members"] if m["role"] != "learner"]
             alive = [m for m in voters if m["agent"] in reachable]
             st["majority_lost"] = len(alive) < len(voters) // 2 + 1
+            # And what each replica thinks: a stuck election shows who is
+            # waiting for whom (terms, quiet replicas, a leader only some see).
+            st["replicas"] = [
+                {k: r.get(k) for k in _REPLICA_VIEW} for r in await self._survey(name)
+            ]
         st["converged"] = (
             bool(desired)
             and have == set(desired)
@@ -662,6 +678,8 @@ class AgentOps:
             "leader_s": round(time.monotonic() - r.leader_since_s, 1) if st.leader else 0.0,
             "reported_by": self.agent.config.name,
             "replica_id": [st.replica.agent, st.replica.n],
+            "role": st.role,
+            "quiescent": st.quiescent,
         }
 
     async def peer_change_membership(self, peer: str, args: dict) -> object:

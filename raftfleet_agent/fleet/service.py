@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import zlib
@@ -51,6 +50,7 @@ FULL_SWEEP_S = 60.0  # how often every group is looked at again, settled or not
 SWEEP_SLICES = 12
 ROUND_GAP_S = 0.2  # rounds triggered by changes come at most this often
 STATE_POLL_S = 0.2
+UNREACHABLE_LOG_EVERY_S = 30.0  # a round that cannot read the cluster state says so this often
 
 
 def now_ms() -> int:
@@ -95,6 +95,7 @@ class FleetService:
         self._plan_book = PlanBook(self.name, CLUSTER)
         self._layout_changes = 0
         self._sweep_slice = _sweep_slice_now()
+        self._unreachable_said = float("-inf")
 
     # ------------------------------------------------------------ cluster state
 
@@ -301,10 +302,13 @@ class FleetService:
             # replica removed while it was cut off (one that never hears of it)
             # would hold the drain forever: check them against their groups first.
             if self.host.replicas.get(CLUSTER) is None:
-                with contextlib.suppress(FleetError):
+                try:
                     remote = await self.state()
-                    await self._discard_orphans(remote)
-                    await self._maybe_drained(remote)
+                except FleetError as e:
+                    self._say_unreachable(e)
+                    return
+                await self._discard_orphans(remote)
+                await self._maybe_drained(remote)
             return
         due = _sweep_slice_now()
         if due != self._sweep_slice:
@@ -329,6 +333,13 @@ class FleetService:
             n.start_soon(self._maybe_drained, st)
             n.start_soon(self._maybe_purge, st)
             n.start_soon(self._discard_orphans, st)
+
+    def _say_unreachable(self, e: FleetError) -> None:
+        # A drain that cannot finish must say why, but not every round.
+        now = time.monotonic()
+        if now - self._unreachable_said >= UNREACHABLE_LOG_EVERY_S:
+            self._unreachable_said = now
+            logger.info("reconcile: %s", e)
 
     async def _discard_orphans(self, st: dict) -> None:
         """Drop local replicas that their group removed while this agent was away.

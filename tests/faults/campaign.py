@@ -708,6 +708,17 @@ def setup_fleet(fleet: Fleet, groups: tuple | list = GROUPS) -> None:
             raise RuntimeError(f"{g} has no leader after creation")
 
 
+def _views(a: AgentProc) -> str:
+    """What `a` says of itself and of the cluster-state group (for a stuck agent's report)."""
+    out = []
+    for op, args in (("status", {}), ("group_status", {"name": "__cluster__"})):
+        try:
+            out.append(f"{op}: {json.dumps(a.call(op, timeout=5, **args), default=str)}")
+        except Exception as e:
+            out.append(f"{op}: {type(e).__name__}: {e}")
+    return "; ".join(out)
+
+
 def _heal(fleet: Fleet) -> list[Anomaly]:
     out: list[Anomaly] = []
     fleet.proxy.heal_all()
@@ -725,7 +736,9 @@ def _heal(fleet: Fleet) -> list[Anomaly]:
         out.append(Anomaly("not_reconnected", "agents not all connected 30 s after healing"))
     for a in fleet.procs:
         if not reactivate(fleet, a, 40):
-            out.append(Anomaly("not_reactivated", f"{a.name} not active 40 s after healing"))
+            out.append(
+                Anomaly("not_reactivated", f"{a.name} not active 40 s after healing; {_views(a)}")
+            )
     return out
 
 

@@ -231,6 +231,10 @@ def test_lost_majority_is_reported_and_force_recovered(tmp_path: Path) -> None:
 
         st = wait_for(lost, 20, "the lost majority to be reported")
         assert sorted(st["lost"]) == sorted(p.name for p in doomed)
+        # Each reachable replica's own view: the keeper's, with no leader to follow.
+        views = {v["reported_by"]: v for v in st["replicas"]}
+        assert keeper.name in views and views[keeper.name]["leader"] is None
+        assert views[keeper.name]["role"] in ("follower", "candidate", "pre_candidate")
         res = survivor_view.call("group_recover", name="fragile", force=True, timeout=30)
         assert "lost" in res["warning"]
         wait_for(
