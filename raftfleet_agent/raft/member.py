@@ -639,6 +639,10 @@ class RaftMember:
             self._campaign(pre=self.opts.pre_vote)
 
     def _campaign(self, *, pre: bool, transfer: bool = False) -> None:
+        # A campaign needs its election timer: a quiet replica that stayed quiet
+        # would never retry a lost election (the host does not tick it).
+        self.quiescent = False
+        self._idle_ticks = 0
         if pre:
             self._become_pre_candidate()
             term = self.term + 1

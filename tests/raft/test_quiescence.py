@@ -102,3 +102,22 @@ def test_late_acks_of_the_quiesce_round_grant_no_lease_on_waking() -> None:
     assert c[A].read_index_now() is None  # no lease: ReadIndex needs a majority it cannot reach
     c.run(3)
     assert c.replicas[A].reads == []
+
+
+def test_a_quiet_follower_told_to_campaign_keeps_its_election_timer() -> None:
+    # A quiet replica that campaigns must tick again: were it to stay quiet,
+    # a lost election would never be retried and the group could stay leaderless.
+    c = quiet_cluster()
+    c.crash(A)
+    c[B].campaign()
+    assert not c[B].quiescent
+    c.process()
+
+    def asked_by_b() -> int:
+        return sum(1 for msg in c.sent if isinstance(msg, m.Vote | m.PreVote) and msg.frm == B)
+
+    first = asked_by_b()
+    c.run(40, drop=lambda msg: isinstance(msg, m.Vote | m.PreVote | m.VoteResp | m.PreVoteResp))
+    assert asked_by_b() > first  # the lost election was tried again
+    c.run(60)
+    assert c.leaders() in ([B], [C])
