@@ -15,7 +15,10 @@ Each turn:
 4. send everything queued, one frame per peer agent: every group's heartbeats
    and appends to that peer travel together.
 Turns pipeline: while one batch is being made durable the next turn already
-gathers the replicas that are not waiting for the disk.
+gathers the replicas that are not waiting for the disk, and a replica that
+is waiting still applies (and answers) what its followers committed in the
+meantime (`RaftMember.take_committed`): two fast followers are a majority
+even while the leader's own fsync runs.
 
 Cancellation: `run` stops the ticker and the loop; batches already handed to
 the store still complete (the store finishes them on close).
