@@ -127,9 +127,11 @@ class FleetService:
         except RouteError as e:
             if local is not None:
                 return local
+            err = FleetError("unavailable", f"cluster state unreachable: {e}")
             if self._remote_state is not None:
+                self._say_unreachable(err, "using the copy read before")
                 return self._remote_state
-            raise FleetError("unavailable", f"cluster state unreachable: {e}") from None
+            raise err from None
         self._remote_state = state  # type: ignore[assignment]
         return state  # type: ignore[return-value]
 
@@ -334,12 +336,12 @@ class FleetService:
             n.start_soon(self._maybe_purge, st)
             n.start_soon(self._discard_orphans, st)
 
-    def _say_unreachable(self, e: FleetError) -> None:
+    def _say_unreachable(self, e: FleetError, then: str = "") -> None:
         # A drain that cannot finish must say why, but not every round.
         now = time.monotonic()
         if now - self._unreachable_said >= UNREACHABLE_LOG_EVERY_S:
             self._unreachable_said = now
-            logger.info("reconcile: %s", e)
+            logger.info("%s%s", e, f"; {then}" if then else "")
 
     async def _discard_orphans(self, st: dict) -> None:
         """Drop local replicas that their group removed while this agent was away.

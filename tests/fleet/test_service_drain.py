@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
-from raftfleet_agent.fleet.service import FleetService
+from raftfleet_agent.fleet.service import FleetError, FleetService
 
 
 async def test_orphans_are_checked_before_the_drain_is_reported_without_local_state() -> None:
@@ -34,3 +35,22 @@ async def test_orphans_are_checked_before_the_drain_is_reported_without_local_st
     svc._maybe_drained = maybe_drained  # type: ignore[method-assign]
     await svc.reconcile_once(None, None)  # type: ignore[arg-type]
     assert calls == [("discard", remote), ("drained?", remote, 0)]
+
+
+async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> None:  # type: ignore[no-untyped-def]
+    # An agent whose drain cannot finish (no cluster-state replica, no leader
+    # reachable) used to say nothing at the default log level.
+    svc = FleetService.__new__(FleetService)
+    svc.host = SimpleNamespace(replicas={})
+    svc.local_state = lambda: None  # type: ignore[method-assign]
+    svc._unreachable_said = float("-inf")
+
+    async def state(**_kw: object) -> dict:
+        raise FleetError("unavailable", "cluster state unreachable: no leader")
+
+    svc.state = state  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="raftfleet.fleet")
+    for _ in range(3):
+        await svc.reconcile_once(None, None)  # type: ignore[arg-type]
+    said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert said == ["cluster state unreachable: no leader"]  # once, not every round
