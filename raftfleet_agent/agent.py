@@ -79,6 +79,10 @@ class Agent:
         self.ops: AgentOps | None = None
         self.control: ControlServer | None = None
         self.fleet = FleetService(self)
+        # A replica gone from here may be a draining agent's last one: look now,
+        # not at the next interval (an agent without the cluster state has no
+        # other news of its drain).
+        self.host.on_replica_stopped = lambda _group: self.fleet.poke()
         self._stopping = False
         self.reload_config: Callable[[], AgentConfig] | None = None
         self._last_heard: dict[str, float] = {}  # peer -> trio time of its last frame

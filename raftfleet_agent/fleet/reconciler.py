@@ -240,6 +240,9 @@ class Reconciler:
 
     async def _transfer(self, group: str, leader: str, target: str) -> None:
         await self._call(leader, "transfer", {"group": group, "agent": target})
+        # Until a new leader is known, not just until the old one stops leading:
+        # the next step runs into the election otherwise, and the round gives
+        # up on this group until the next interval (a drain took 5 s longer).
         with trio.move_on_after(3):
-            while await self._find_leader(group) == leader:  # noqa: ASYNC110 - remote state
+            while await self._find_leader(group) in (leader, None):  # noqa: ASYNC110 - remote state
                 await trio.sleep(0.05)

@@ -128,6 +128,7 @@ class MultiRaftHost:
         self._turns = self._batches = self._entries = 0
         self._sent = self._received = self._dropped = 0
         self.on_leader_change: Callable[[str, ReplicaId | None], None] | None = None
+        self.on_replica_stopped: Callable[[str], None] | None = None
         self.metrics = HostMetrics()
         # Deadlines of the requests started without a task (start_command /
         # start_query), checked every tick: (deadline, tie-breaker, waiter).
@@ -463,6 +464,8 @@ class MultiRaftHost:
         if why.startswith("this replica was removed"):
             self._extra.append((GroupWrite(group=r.group, delete=True), Waiter()))
         logger.info("%s: replica %s stopped: %s", r.group, r.member.id, why)
+        if self.on_replica_stopped is not None:
+            self.on_replica_stopped(r.group)
 
     async def _write_extra(self, write: GroupWrite) -> None:
         w = Waiter()

@@ -151,10 +151,13 @@ async def test_drop_replica_fails_waiters_and_deletes_rows(cluster: Fabric) -> N
     await _create(cluster, "gone")
     lead = await _leader(cluster, "gone")
     await lead.command("gone", "inc", "c", 1, timeout_s=2)
+    told: list[str] = []
     for h in cluster.hosts.values():
+        h.on_replica_stopped = told.append  # the fleet looks at a drain's progress at once
         assert await h.drop_replica("gone")
         assert "gone" not in h.replicas
         assert all(rec.group != "gone" for rec in h.store.load())
+    assert told == ["gone"] * 3
 
 
 @pytest.fixture
