@@ -44,15 +44,20 @@ class Fabric:
         return send
 
 
-async def _start(nursery: trio.Nursery, opts: RaftOptions) -> Fabric:
+async def _start(
+    nursery: trio.Nursery,
+    opts: RaftOptions,
+    stores: dict[str, MemoryLogStore] | None = None,
+    tick_interval_s: float = 0.01,
+) -> Fabric:
     fabric = Fabric()
     for i, a in enumerate(AGENTS):
         host = MultiRaftHost(
             agent=a,
-            store=MemoryLogStore(),
+            store=(stores or {}).get(a) or MemoryLogStore(),
             send_frame=fabric.sender(a),
             options=opts,
-            tick_interval_s=0.01,
+            tick_interval_s=tick_interval_s,
             rng=random.Random(i),
         )
         fabric.hosts[a] = host
@@ -324,18 +329,8 @@ async def test_committed_entries_are_answered_without_waiting_for_the_commit_ind
     # fsync that then records the new commit index must not delay the answer
     # (it used to: about 2 D).
     delay = 0.25
-    fabric = Fabric()
-    for i, a in enumerate(AGENTS):
-        host = MultiRaftHost(
-            agent=a,
-            store=SlowDisk(delay),
-            send_frame=fabric.sender(a),
-            options=RaftOptions(election_ticks=20, heartbeat_ticks=2),
-            tick_interval_s=0.05,
-            rng=random.Random(i),
-        )
-        fabric.hosts[a] = host
-        await nursery.start(host.run)
+    opts = RaftOptions(election_ticks=20, heartbeat_ticks=2)
+    fabric = await _start(nursery, opts, {a: SlowDisk(delay) for a in AGENTS}, 0.05)
     await _create(fabric, "slow")
     lead = await _leader(fabric, "slow")
     await lead.command("slow", "inc", "c", 1, timeout_s=10)  # settle the pipeline first
@@ -358,18 +353,8 @@ async def test_a_command_is_answered_once_followers_commit_it_while_the_leaders_
     # entry while the leader's own write is still running, and the client is
     # answered then, not after the leader's slow fsync (and the Ready after it).
     delay = 1.0
-    fabric = Fabric()
-    for i, a in enumerate(AGENTS):
-        host = MultiRaftHost(
-            agent=a,
-            store=SlowDisk(delay) if a == "a1" else MemoryLogStore(),
-            send_frame=fabric.sender(a),
-            options=RaftOptions(election_ticks=100, heartbeat_ticks=2),
-            tick_interval_s=0.05,
-            rng=random.Random(i),
-        )
-        fabric.hosts[a] = host
-        await nursery.start(host.run)
+    opts = RaftOptions(election_ticks=100, heartbeat_ticks=2)
+    fabric = await _start(nursery, opts, {"a1": SlowDisk(delay)}, 0.05)
     await _create(fabric, "slowlead")
     lead = fabric.hosts["a1"]
     await _until(lambda: lead.replicas["slowlead"].member.is_leader, 20)
