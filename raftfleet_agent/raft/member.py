@@ -1375,9 +1375,7 @@ class RaftMember:
         hs_now = (self.term, self.vote, self.commit)
         hard_state = HardState(*hs_now) if hs_now != self._hs_persisted else None
         entries, token = self.log.take_unstable()
-        lo = self._applied_handed + 1
-        hi = min(self._apply_limit(), self._applied_handed + self.opts.max_apply_entries)
-        committed = tuple(self.log.slice(lo, hi + 1)) if hi >= lo else ()
+        committed = self._hand_out_committed()
         rd = Ready(
             hard_state=hard_state,
             entries=entries,
@@ -1390,7 +1388,6 @@ class RaftMember:
             failed_reads=tuple(self._failed_reads),
             removed=self._removed_pending,
         )
-        self._applied_handed = max(self._applied_handed, hi)
         self._early, self._msgs, self._reads, self._failed_reads = [], [], [], []
         self._pending_install = self._pending_compacted = None
         self._removed_pending = False
@@ -1416,12 +1413,17 @@ class RaftMember:
         out = self._ready_out
         if out is None or out[2] or self._pending_install is not None:
             return ()
+        committed = self._hand_out_committed()
+        self._ready_out = (out[0], self._applied_handed, False)
+        return committed
+
+    def _hand_out_committed(self) -> tuple[Entry, ...]:
+        """The next committed entries not handed out yet (at most max_apply_entries)."""
         lo = self._applied_handed + 1
         hi = min(self._apply_limit(), self._applied_handed + self.opts.max_apply_entries)
         if hi < lo:
             return ()
         self._applied_handed = hi
-        self._ready_out = (out[0], hi, False)
         return tuple(self.log.slice(lo, hi + 1))
 
     def _apply_limit(self) -> int:
