@@ -382,7 +382,7 @@ def group_list(state: State) -> None:
 @pass_state
 def group_status(state: State, name: str) -> None:
     """Members of group NAME with their roles and progress, and whether placement is met."""
-    from raftfleet_cli.views import MEMBER_FIELDS, group_status_view
+    from raftfleet_cli.views import MEMBER_FIELDS, REPLICA_VIEW_FIELDS, group_status_view
 
     view = group_status_view(state.call("group_status", f"group status {name}", name=name))
     out = state.out
@@ -394,8 +394,18 @@ def group_status(state: State, name: str) -> None:
         out.rows(MEMBER_FIELDS, rows)
         return
     keys = ("name", "type", "leader", "term", "commit_index", "desired", "converged")
+    if view["leader"] is None:
+        keys += ("lost", "majority_lost")
     out.fields([(k.replace("_", " "), view[k]) for k in keys])
     out.rows([k.upper().replace("_", " ") for k in MEMBER_FIELDS], rows)
+    if view["replicas"]:
+        # No leader: what each reachable replica believes (terms, votes, quiet
+        # replicas) tells a passing election from one that is stuck.
+        out.rows(
+            [k.upper().replace("_", " ") for k in REPLICA_VIEW_FIELDS],
+            [[r[k] for k in REPLICA_VIEW_FIELDS] for r in view["replicas"]],
+            title="each replica's own view (no leader)",
+        )
 
 
 @group_cmd.command("transfer-leader")

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "AGENT_STATES",
+    "REPLICA_VIEW_FIELDS",
     "ROLES",
     "action_view",
     "drain_event_view",
@@ -42,7 +43,13 @@ NODE_FIELDS = ("name", "zone", "state", "address", "reachable", "replicas", "lea
 GROUP_FIELDS = ("name", "replicas", "type", "leader")
 GROUP_STATUS_FIELDS = (
     "name", "type", "leader", "term", "commit_index", "members", "desired", "converged",
+    "lost", "majority_lost", "replicas",
 )  # fmt: skip
+# What each replica of a leaderless group says of itself (`replicas` above).
+REPLICA_VIEW_FIELDS = (
+    "agent", "role", "term", "leader", "commit_index", "last_index", "last_term", "quiescent",
+)  # fmt: skip
+REPLICA_ROLES = ("leader", "follower", "learner", "candidate", "pre_candidate")
 MEMBER_FIELDS = ("agent", "zone", "role", "match_index")
 DRAIN_FIELDS = ("replicas", "leaders", "moves_in_flight")
 
@@ -218,7 +225,13 @@ def _agents(raw: object) -> list[str] | None:
 
 
 def group_status_view(raw: object) -> dict[str, Any]:
-    """`group status`: the leader's view of one group, and whether placement is met."""
+    """`group status`: the leader's view of one group, and whether placement is met.
+
+    Without a leader the agent adds which members it cannot reach (`lost`),
+    whether that is a majority, and each reachable replica's own view
+    (`replicas`): who is waiting for whom in a stuck election. With a leader
+    those are [], false and [].
+    """
     view = {key: _get(raw, key) for key in GROUP_STATUS_FIELDS}
     view["leader"] = _agent_of(view["leader"])
     members = view["members"]
@@ -226,7 +239,36 @@ def group_status_view(raw: object) -> dict[str, Any]:
     view["desired"] = _agents(view["desired"])
     if not isinstance(view["converged"], bool):
         view["converged"] = _converged(view["members"], view["desired"])
+    led = view["leader"] is not None
+    lost = _agents(view["lost"])
+    view["lost"] = lost if lost is not None else ([] if led else None)
+    if not isinstance(view["majority_lost"], bool):
+        view["majority_lost"] = False if led else None
+    replicas = view["replicas"]
+    view["replicas"] = (
+        sorted((_replica_view(r) for r in replicas), key=lambda r: str(r["agent"]))
+        if isinstance(replicas, list | tuple)
+        else []
+    )
     return view
+
+
+def _replica_view(raw: object) -> dict[str, Any]:
+    replica = {key: _get(raw, key) for key in REPLICA_VIEW_FIELDS}
+    replica["agent"] = _agent_of(_get(raw, "reported_by") or replica["agent"])
+    replica["leader"] = _agent_of(replica["leader"])
+    if replica["role"] not in REPLICA_ROLES:
+        replica["role"] = None
+    for key in ("term", "commit_index", "last_index", "last_term"):
+        if not _is_int(replica[key]):
+            replica[key] = None
+    if not isinstance(replica["quiescent"], bool):
+        replica["quiescent"] = None
+    return replica
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _converged(members: list[dict[str, Any]], desired: list[str] | None) -> bool | None:

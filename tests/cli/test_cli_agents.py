@@ -149,8 +149,10 @@ def test_groups_commands_and_queries(cluster: Cluster) -> None:
     st = cluster.json("group", "status", "g1")
     assert list(st) == [
         "name", "type", "leader", "term", "commit_index", "members", "desired", "converged",
+        "lost", "majority_lost", "replicas",
     ]  # fmt: skip
     assert st["leader"] == leader and st["type"] == "counter"
+    assert (st["lost"], st["majority_lost"], st["replicas"]) == ([], False, [])
     assert sorted(m["agent"] for m in st["members"]) == ["a1", "a2", "a3"]
     assert sorted(m["role"] for m in st["members"]) == ["follower", "follower", "leader"]
     rows = [r.split("\t") for r in cluster.ok("-o", "plain", "group", "status", "g1").splitlines()]

@@ -69,8 +69,49 @@ def test_group_status_view_fills_missing_fields() -> None:
         {"agent": "a2", "zone": None, "role": "learner", "match_index": None},
     ]
     assert view["desired"] is None and view["converged"] is None
+    assert view["lost"] == [] and view["majority_lost"] is False and view["replicas"] == []
     view = views.group_status_view({**raw, "desired": ["a1", "a2"]})
     assert view["converged"] is False  # a2 is still a learner
+
+
+def test_group_status_view_of_a_leaderless_group() -> None:
+    raw = {
+        "name": "g1",
+        "leader": None,
+        "members": [{"agent": "a1", "role": "follower"}, {"agent": "a2", "role": "follower"}],
+        "lost": ["a2"],
+        "majority_lost": True,
+        "replicas": [
+            {
+                "reported_by": "a1",
+                "role": "pre_candidate",
+                "term": 4,
+                "leader": None,
+                "quiescent": False,
+                "last_term": 3,
+                "last_index": "9",  # malformed: becomes null
+                "commit_index": 8,
+                "extra": "dropped",
+            }
+        ],
+    }
+    view = views.group_status_view(raw)
+    assert view["lost"] == ["a2"] and view["majority_lost"] is True
+    assert view["replicas"] == [
+        {
+            "agent": "a1",
+            "role": "pre_candidate",
+            "term": 4,
+            "leader": None,
+            "commit_index": 8,
+            "last_index": None,
+            "last_term": 3,
+            "quiescent": False,
+        }
+    ]
+    # An agent that does not say: unknown, not "fine".
+    bare = views.group_status_view({"name": "g1", "leader": None})
+    assert bare["lost"] is None and bare["majority_lost"] is None and bare["replicas"] == []
 
 
 def test_nodes_and_groups_views_accept_lists_and_maps() -> None:

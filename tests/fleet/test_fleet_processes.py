@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from raftfleet_cli.client import ControlError
+from raftfleet_cli.main import main as cli_main
 from tests.procs import AgentProc, CounterLoad, agents, connected_to_all, wait_for
 
 pytestmark = pytest.mark.slow
@@ -35,6 +39,22 @@ def _counts(a: AgentProc) -> tuple[dict[str, int], dict[str, int]]:
         {n["name"]: n["replicas"] or 0 for n in nodes if n["state"] == "active"},
         {n["name"]: n["leaders"] or 0 for n in nodes if n["state"] == "active"},
     )
+
+
+def _cli_shows_leaderless(via: AgentProc, group: str, keeper: str, lost: list[str]) -> None:
+    """`raftfleet group status` shows an operator what the agent knows of a lost majority."""
+    env = {k: None for k in os.environ if k.startswith("RAFTFLEET_")}
+    env["RAFTFLEET_ADDR"] = f"unix://{via.sock}"
+    runner = CliRunner()
+    shown = runner.invoke(cli_main, ["-o", "json", "group", "status", group], env=env)
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert doc["leader"] is None and doc["majority_lost"] is True
+    assert sorted(doc["lost"]) == sorted(lost)
+    assert keeper in {r["agent"] for r in doc["replicas"]}
+    table = runner.invoke(cli_main, ["group", "status", group], env=env)
+    assert table.exit_code == 0, table.output
+    assert "majority lost" in table.stdout and "each replica's own view" in table.stdout
 
 
 def test_seed_readme_example(tmp_path: Path) -> None:
@@ -235,6 +255,7 @@ def test_lost_majority_is_reported_and_force_recovered(tmp_path: Path) -> None:
         views = {v["reported_by"]: v for v in st["replicas"]}
         assert keeper.name in views and views[keeper.name]["leader"] is None
         assert views[keeper.name]["role"] in ("follower", "candidate", "pre_candidate")
+        _cli_shows_leaderless(survivor_view, "fragile", keeper.name, [p.name for p in doomed])
         res = survivor_view.call("group_recover", name="fragile", force=True, timeout=30)
         assert "lost" in res["warning"]
         wait_for(
