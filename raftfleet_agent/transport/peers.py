@@ -91,6 +91,9 @@ class TransportConfig:
     write_bytes_max: int = 1024 * 1024  # coalesced into one socket write
     handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S
     handshakes_max: int = 64  # unauthenticated connections handled at once
+    # ... and from one address: one host's silent connections cannot take
+    # every slot and lock the other agents out (a peer dials one at a time).
+    handshakes_per_address_max: int = 8
     connect_timeout_s: float = 5.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 5.0
@@ -129,6 +132,7 @@ class PeerTransport:
         self._peers: dict[str, Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._handshakes_running = 0
+        self._handshakes_by_address: dict[str, int] = {}
         self._handshakes_failed = 0
         self._handshakes_refused_busy = 0
         self._duplicates_closed = 0
@@ -357,16 +361,32 @@ class PeerTransport:
 
     async def _handle_accepted(self, stream: trio.SocketStream) -> None:
         """Authenticate an incoming connection, then run it; drop it on failure."""
-        if self._handshakes_running >= self._config.handshakes_max:
+        address = _remote_address(stream)
+        busy = self._handshakes_by_address.get(address, 0)
+        if (
+            self._handshakes_running >= self._config.handshakes_max
+            or busy >= self._config.handshakes_per_address_max
+        ):
             self._handshakes_refused_busy += 1
-            logger.warning("too many handshakes in progress; dropping a new connection")
+            logger.warning(
+                "too many handshakes in progress (%d, %d from %s); dropping a new connection",
+                self._handshakes_running,
+                busy,
+                address,
+            )
             await trio.aclose_forcefully(stream)
             return
         self._handshakes_running += 1
+        self._handshakes_by_address[address] = busy + 1
         try:
             conn = await self._accept_handshake(stream)
         finally:
             self._handshakes_running -= 1
+            left = self._handshakes_by_address[address] - 1
+            if left:
+                self._handshakes_by_address[address] = left
+            else:
+                del self._handshakes_by_address[address]
         if conn is None:
             return
         peer = self._adopt(conn)
@@ -470,3 +490,11 @@ class PeerTransport:
             await trio.aclose_forcefully(stream)
             raise
         return Connection(stream, decoder, identity, outbound=True)
+
+
+def _remote_address(stream: trio.SocketStream) -> str:
+    """The connecting host (no port): what the per-address handshake limit counts."""
+    try:
+        return str(stream.socket.getpeername()[0])
+    except OSError:
+        return "unknown"

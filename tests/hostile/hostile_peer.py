@@ -34,17 +34,20 @@ class HostilePeer:
         self._next_call = 1_000_000
 
     @classmethod
-    async def connect(cls, host: str, port: int, timeout_s: float = 5.0) -> HostilePeer:
+    async def connect(
+        cls, host: str, port: int, timeout_s: float = 5.0, local: str | None = None
+    ) -> HostilePeer:
+        """Dial `host:port`, from the loopback address `local` if given (another "host")."""
         with trio.fail_after(timeout_s):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port, local_address=local)
         return cls(stream, FrameDecoder(HANDSHAKE_FRAME_BYTES_MAX))
 
     @classmethod
     async def authenticated(
-        cls, host: str, port: int, name: str, secret: bytes = SECRET
+        cls, host: str, port: int, name: str, secret: bytes = SECRET, local: str | None = None
     ) -> HostilePeer:
         """Dial and run the real dialer handshake as agent `name` (cluster id learned)."""
-        peer = await cls.connect(host, port)
+        peer = await cls.connect(host, port, local=local)
         me = LocalIdentity(name=name, cluster=None, secret=secret)
         try:
             peer.identity = await handshake_as_dialer(peer.stream, peer.decoder, me, timeout_s=5)

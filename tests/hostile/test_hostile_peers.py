@@ -485,7 +485,8 @@ def test_slow_loris_handshakes_are_dropped_at_the_deadline(cluster: list[AgentPr
         closed_after: list[float] = []
 
         async def loris(i: int) -> None:
-            peer = await HostilePeer.connect(*_addr(a1))
+            # From five addresses: more than 8 from one are refused at once.
+            peer = await HostilePeer.connect(*_addr(a1), local=f"127.0.0.{101 + i % 5}")
             t0 = trio.current_time()
             try:
                 with trio.move_on_after(12):
@@ -614,21 +615,39 @@ def test_agent_out_of_file_descriptors_survives(tmp_path_factory: pytest.TempPat
 
 
 def test_handshake_slots_are_bounded(cluster: list[AgentProc]) -> None:
-    """Documents a limit: 64 silent connections hold every handshake slot, so a
-    legit new peer connection is refused until they time out (5 s). Existing
-    peer connections are not affected."""
+    """Silent connections from one address take at most 8 handshake slots: a
+    legit peer dialing from elsewhere still gets in at once, while more from
+    that address are refused. Documents the limit left: silent connections
+    from 8 addresses hold all 64 slots, and a new peer connection is refused
+    until they time out (5 s). Existing peer connections are never affected."""
     a1 = cluster[0]
     leader_before, term_before = _healthy(cluster)
+    flooders = [f"127.0.0.{91 + i}" for i in range(8)]
 
     async def main() -> None:
-        silent = [await HostilePeer.connect(*_addr(a1)) for _ in range(70)]
+        one = [await HostilePeer.connect(*_addr(a1), local=flooders[0]) for _ in range(20)]
         try:
             await trio.sleep(0.3)
+            peer = await HostilePeer.authenticated(*_addr(a1), "elsewhere", local="127.0.0.99")
+            await peer.aclose()
             with pytest.raises(HandshakeError) as info:
-                await HostilePeer.authenticated(*_addr(a1), "latecomer")
+                await HostilePeer.authenticated(*_addr(a1), "same", local=flooders[0])
             assert info.value.code == "closed"
+            rest = [
+                await HostilePeer.connect(*_addr(a1), local=f)
+                for f in flooders[1:]
+                for _ in range(8)
+            ]
+            try:
+                await trio.sleep(0.3)
+                with pytest.raises(HandshakeError) as info:
+                    await HostilePeer.authenticated(*_addr(a1), "latecomer", local="127.0.0.99")
+                assert info.value.code == "closed"
+            finally:
+                for s in rest:
+                    await s.aclose()
         finally:
-            for s in silent:
+            for s in one:
                 await s.aclose()
         with trio.fail_after(10):
             while True:  # slots free again once the silent ones are gone
