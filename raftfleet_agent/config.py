@@ -451,10 +451,12 @@ def _cross_problems(v: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
 
 @attrs.frozen
 class _Source:
-    kind: str  # "option" | "environment" | "config file" | "default"
-    path: str | None = None
+    kind: str  # "option" | "environment" | "config file" | "default" | "derived"
+    path: str | None = None  # the file; for "derived", where the other value came from
 
     def describe(self, setting: str) -> str:
+        if self.kind == "derived":
+            return f"same as listen ({self.path})"
         if self.kind == "option":
             return f"option {_option(setting)}"
         if self.kind == "environment":
@@ -588,6 +590,33 @@ def load_config(
     then /etc/raftfleet/agent.toml if it exists. Reads the secret files.
     Raises ConfigError with a one-line message.
     """
+    config, _origins = explain_config(
+        cli_values,
+        environ,
+        config_path,
+        default_config_path=default_config_path,
+        euid=euid,
+        hostname=hostname,
+    )
+    return config
+
+
+def explain_config(
+    cli_values: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_path: str | None,
+    *,
+    default_config_path: str = paths.DEFAULT_CONFIG_FILE,
+    euid: int | None = None,
+    hostname: str | None = None,
+) -> tuple[AgentConfig, dict[str, str]]:
+    """As `load_config`, and where each setting's value came from.
+
+    The second item maps every configurable setting to its source, in the
+    words of the error messages: "option --listen", "environment
+    RAFTFLEET_ZONE", "config file /etc/raftfleet/agent.toml: key 'join'",
+    "default data_dir" (`raftfleet-agent --check-config` prints them).
+    """
     if config_path is None and isinstance(cli_values.get("config"), str):
         config_path = str(cli_values["config"])
     cli = _cli_layer(cli_values)
@@ -607,7 +636,8 @@ def load_config(
             values[setting], sources[setting] = _default(setting, ctx), _Source("default")
     _finish(values, sources)
     values["config_file"] = os.path.abspath(file_path) if file_path else None
-    return AgentConfig(**values)
+    origins = {k: src.describe(k) for k, src in sources.items() if not SPECS[k].secret}
+    return AgentConfig(**values), origins
 
 
 def _default(setting: str, ctx: _Ctx) -> Any:
@@ -640,7 +670,7 @@ def _finish(values: dict[str, Any], sources: dict[str, _Source]) -> None:
                 "set --advertise HOST:PORT to the address other agents should use",
             )
         values["advertise"] = values["listen"]
-        sources["advertise"] = sources["listen"]
+        sources["advertise"] = _Source("derived", sources["listen"].describe("listen"))
     for setting, message in _cross_problems(values):
         raise _fail(sources[setting], setting, message)
     values["cluster_secret"] = _read_secret(

@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from raftfleet_agent.config import ConfigError, load_config
+from raftfleet_agent.config import AgentConfig, ConfigError, explain_config, load_config
 
 
 def _setup_logging(name: str, level: str) -> None:
@@ -45,8 +45,18 @@ def _fail(message: str, code: int) -> None:
 @click.option("--config", "config_path", help="TOML configuration file.")
 @click.option("--log-level", help="debug, info, warning or error.")
 @click.option("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on.")
-def main(config_path: str | None, **cli: object) -> None:
+@click.option(
+    "--check-config",
+    is_flag=True,
+    default=False,
+    help="Validate the configuration, print every setting and where it came from, and exit.",
+)
+@click.version_option(package_name="raftfleet", prog_name="raftfleet-agent")
+def main(config_path: str | None, check_config: bool, **cli: object) -> None:
     """Host replicas of many Raft groups; talk to peers over TCP and to the CLI over a socket."""
+    if check_config:
+        _check_config(cli, config_path)
+        return
     try:
         config = load_config(cli, os.environ, config_path)
     except ConfigError as e:
@@ -74,6 +84,58 @@ def main(config_path: str | None, **cli: object) -> None:
         _fail(f"{type(first).__name__}: {first}", 1)
     except KeyboardInterrupt:
         pass
+
+
+def _check_config(cli: dict[str, object], config_path: str | None) -> None:
+    """`--check-config`: what the agent would run with, without starting it (exit 0 or 2).
+
+    Before a restart (`systemctl restart` after editing agent.toml), so a typo
+    is found while the old agent still runs.
+    """
+    try:
+        config, origins = explain_config(cli, os.environ, config_path)
+    except ConfigError as e:
+        _fail(str(e), 2)
+    problems = _path_problems(config)
+    for setting in sorted(origins):
+        click.echo(f"{setting} = {_shown(config, setting)}  # {origins[setting]}")
+    for problem in problems:
+        click.echo(f"raftfleet-agent: {problem}", err=True)
+    if problems:
+        sys.exit(2)
+    click.echo(f"configuration OK (config file: {config.config_file or 'none'})")
+
+
+def _shown(config: AgentConfig, setting: str) -> str:
+    """A setting's value for --check-config: secrets by their length only."""
+    value = getattr(config, setting)
+    if value is None or value == ():
+        return "(not set)"
+    if setting == "cluster_secret_file":
+        return f"{value} ({len(config.cluster_secret)} bytes)"
+    if setting == "control_token_file":
+        token = config.control_token
+        return f"{value} ({len(token)} bytes)" if token else f"{value} (unused: no control_listen)"
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _path_problems(config: AgentConfig) -> list[str]:
+    """Directories the agent must create or write to, checked the way it will use them."""
+    needed = [("control_socket", os.path.dirname(config.control_socket) or ".")]
+    if not config.in_memory:
+        needed.insert(0, ("data_dir", config.data_dir))
+    problems = []
+    for setting, path in needed:
+        existing = path
+        while not os.path.exists(existing):  # the agent creates what is missing
+            existing = os.path.dirname(existing) or "."
+        if not os.path.isdir(existing):
+            problems.append(f"{setting}: {existing} is not a directory")
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            problems.append(f"{setting}: {existing} is not writable by this user")
+    return problems
 
 
 if __name__ == "__main__":

@@ -487,3 +487,64 @@ def test_paths_imports_only_stdlib():
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- raftfleet-agent --check-config ------------------------------------------
+
+
+def check_config(*args: str, env: dict[str, str] | None = None):
+    """`raftfleet-agent --check-config ARGS` in a clean environment (no RAFTFLEET_*).
+
+    Pass --config: without one the agent reads /etc/raftfleet/agent.toml if it exists."""
+    from click.testing import CliRunner
+
+    from raftfleet_agent.main import main
+
+    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("RAFTFLEET_")}
+    clean.update(env or {})
+    return CliRunner().invoke(main, ["--check-config", *args], env=clean)
+
+
+def test_check_config_prints_every_setting_with_its_source(secret_file, tmp_path) -> None:
+    toml = write_toml(tmp_path, 'zone = "z9"\njoin = ["127.0.0.2:7000"]\n')
+    ran = check_config(
+        "--listen", "127.0.0.1:7000",
+        "--cluster-secret-file", secret_file,
+        "--data-dir", str(tmp_path / "new" / "data"),  # missing: the agent creates it
+        "--config", toml,
+        env={"RAFTFLEET_ELECTION_TICKS": "20"},
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    lines = dict(line.split(" = ", 1) for line in ran.stdout.splitlines() if " = " in line)
+    assert lines["listen"] == "127.0.0.1:7000  # option --listen"
+    assert lines["advertise"] == "127.0.0.1:7000  # same as listen (option --listen)"
+    assert lines["election_ticks"] == "20  # environment RAFTFLEET_ELECTION_TICKS"
+    assert lines["zone"] == f"z9  # config file {toml}: key 'zone'"
+    assert lines["join"].startswith("127.0.0.2:7000  # config file")
+    assert lines["metrics_listen"] == "(not set)  # default metrics_listen"
+    assert lines["cluster_secret_file"].startswith(f"{secret_file} ({len(SECRET)} bytes)")
+    assert SECRET.decode() not in ran.output  # the secret itself is never shown
+    assert ran.stdout.splitlines()[-1] == f"configuration OK (config file: {toml})"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_check_config_fails_with_the_config_error(secret_file, tmp_path) -> None:
+    toml = write_toml(tmp_path, "lisen = '127.0.0.1:7000'\n")
+    ran = check_config("--cluster-secret-file", secret_file, "--config", toml)
+    assert ran.exit_code == 2
+    assert "unknown key 'lisen' (did you mean 'listen'?)" in ran.stderr
+    assert ran.stdout == ""
+
+
+def test_check_config_finds_a_data_dir_it_could_not_create(secret_file, tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ran = check_config(
+        "--listen", "127.0.0.1:7000",
+        "--cluster-secret-file", secret_file,
+        "--data-dir", str(blocker / "data"),
+        "--config", write_toml(tmp_path, ""),
+    )  # fmt: skip
+    assert ran.exit_code == 2
+    assert f"data_dir: {blocker} is not a directory" in ran.stderr
+    assert "configuration OK" not in ran.stdout
