@@ -578,27 +578,16 @@ def load_config(
     cli_values: Mapping[str, object],
     environ: Mapping[str, str],
     config_path: str | None,
-    *,
-    default_config_path: str = paths.DEFAULT_CONFIG_FILE,
-    euid: int | None = None,
-    hostname: str | None = None,
+    **kw: Any,
 ) -> AgentConfig:
     """Merge command line > environment > config file > defaults; validate.
 
     `cli_values` maps setting names to click's values (None / () / False mean
     "not given"). `config_path` is --config; without it RAFTFLEET_CONFIG,
     then /etc/raftfleet/agent.toml if it exists. Reads the secret files.
-    Raises ConfigError with a one-line message.
+    Raises ConfigError with a one-line message. Keywords: see `explain_config`.
     """
-    config, _origins = explain_config(
-        cli_values,
-        environ,
-        config_path,
-        default_config_path=default_config_path,
-        euid=euid,
-        hostname=hostname,
-    )
-    return config
+    return explain_config(cli_values, environ, config_path, **kw)[0]
 
 
 def explain_config(
