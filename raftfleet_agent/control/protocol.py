@@ -9,7 +9,8 @@ Wire format
 Every message is one frame: a 4-byte big-endian body length, then one msgpack
 map (the peer transport's framing, `raftfleet_agent.transport.framing`).
 Requests are capped at `REQUEST_BYTES_MAX` (1 MiB), responses and events at
-`RESPONSE_BYTES_MAX` (16 MiB).
+`RESPONSE_BYTES_MAX` (16 MiB); on TCP, until the auth request succeeds, at
+`AUTH_REQUEST_BYTES_MAX` (4 KiB and a little).
 
 Request (client -> agent)::
 
@@ -64,6 +65,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 __all__ = [
+    "AUTH_REQUEST_BYTES_MAX",
     "ERROR_CODES",
     "ERROR_DESCRIPTIONS",
     "ID_MAX",
@@ -95,6 +97,10 @@ REQUEST_BYTES_MAX: Final = 1024 * 1024
 RESPONSE_BYTES_MAX: Final = 16 * 1024 * 1024
 ID_MAX: Final = 2**63 - 1
 TOKEN_CHARS_MAX: Final = 4096
+# Before a TCP client has authenticated, its frames may hold an auth request
+# and no more: a stranger must not make the agent decode a megabyte of
+# msgpack (nested empty arrays decode to ~60 bytes of objects per byte).
+AUTH_REQUEST_BYTES_MAX: Final = TOKEN_CHARS_MAX + 256
 
 # --------------------------------------------------------------------------
 # Error codes

@@ -60,6 +60,7 @@ import attrs
 import trio
 
 from raftfleet_agent.control.protocol import (
+    AUTH_REQUEST_BYTES_MAX,
     BAD_REQUEST,
     INTERNAL,
     OPS,
@@ -379,7 +380,8 @@ class _Connection:
         self._fast: _FastPathFn | None = getattr(server.handler, "fast", None)
         self.authenticated = token is None
         self.idle_timeout_s = None if token is None else self.limits.idle_timeout_s
-        self.decoder = FrameDecoder(self.limits.request_bytes_max)
+        cap = self.limits.request_bytes_max
+        self.decoder = FrameDecoder(cap if self.authenticated else min(cap, AUTH_REQUEST_BYTES_MAX))
         self.send_lock = trio.Lock()
         # Frames waiting for the writer: replies that complete while a write is
         # under way leave together, in one send (pipelining clients get many).
@@ -551,6 +553,7 @@ class _Connection:
             return True
         if hmac.compare_digest(token, self.token):
             self.authenticated = True
+            self.decoder.frame_bytes_max = self.limits.request_bytes_max
             await self._send_reply(ok_response(request_id, {"auth": "token"}))
             return True
         self.server._connections_refused += 1

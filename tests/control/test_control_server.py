@@ -463,6 +463,30 @@ async def test_tcp_missing_token(start_tcp: StartTcp, first: dict) -> None:
     assert await peer.recv() is EOF
 
 
+async def test_tcp_frames_before_authentication_are_small(start_tcp: StartTcp) -> None:
+    """A stranger cannot make the agent decode a big frame: before the token
+    only an auth request fits (nested empty arrays decode to ~60 bytes of
+    objects per byte). After it, the full request size applies at once, even
+    to a request pipelined behind the auth in the same segment."""
+    addr = await start_tcp()
+    big = {"id": 2, "op": "group_status", "args": {"name": "x" * 60_000}}
+    stranger = await tcp_peer(addr)
+    await stranger.send(big)
+    error = await stranger.expect_goodbye("bad_request")
+    assert "exceeds the cap" in error["message"], error
+    nested = b"\xdc\xff\xff" + b"\x90" * 0xFFFF  # one array of 65,535 empty arrays
+    bomb = await tcp_peer(addr)
+    await bomb.stream.send_all(struct.pack(">I", len(nested)) + nested)
+    await bomb.expect_goodbye("bad_request")
+    client = await tcp_peer(addr)
+    auth = encode_frame({"id": 1, "op": "auth", "args": {"token": TOKEN}})
+    await client.stream.send_all(auth + encode_frame(big))
+    assert (await client.recv())["ok"] is True  # type: ignore[index]
+    reply = await client.recv()
+    assert isinstance(reply, dict) and reply["id"] == 2, reply  # an answer, not a goodbye
+    assert (await client.call(3, "ping"))["result"] == "pong"
+
+
 async def test_tcp_slow_loris_is_closed(
     start_tcp: StartTcp,
 ) -> None:
