@@ -80,6 +80,7 @@ from raftfleet_agent.control.protocol import (
     parse_envelope,
     validate_args,
 )
+from raftfleet_agent.log_throttle import Throttle
 from raftfleet_agent.transport.framing import NEED_DATA, FrameDecoder, FrameError, encode_frame
 
 __all__ = [
@@ -227,6 +228,8 @@ class ControlServer:
         self._connections_peak = 0
         self._connections_total = 0
         self._connections_refused = 0
+        # Anyone who can connect triggers refusals: a line per interval, not per connection.
+        self._say_refused = Throttle(logger)
         self._requests_total = 0
         self._requests_in_flight = 0
         self._errors_total = 0
@@ -313,7 +316,9 @@ class ControlServer:
         peer = _describe_peer(stream, path)
         if self._connections >= self.limits.max_connections:
             self._connections_refused += 1
-            logger.warning("control: refusing %s: %d connections open", peer, self._connections)
+            self._say_refused.warning(
+                "control: refusing %s: %d connections open", peer, self._connections
+            )
             message = f"too many control connections (max {self.limits.max_connections})"
             await self._reject(stream, ControlError(UNAVAILABLE, message))
             return
@@ -325,7 +330,7 @@ class ControlServer:
                 refusal = await self._check_peer(stream, path)
                 if refusal is not None:
                     self._connections_refused += 1
-                    logger.warning("control: refusing %s: %s", peer, refusal.message)
+                    self._say_refused.warning("control: refusing %s: %s", peer, refusal.message)
                     await self._reject(stream, refusal)
                     return
             await _Connection(self, stream, peer=peer, token=token).run()
@@ -557,7 +562,7 @@ class _Connection:
             await self._send_reply(ok_response(request_id, {"auth": "token"}))
             return True
         self.server._connections_refused += 1
-        logger.warning("control: refusing %s: wrong token", self.peer)
+        self.server._say_refused.warning("control: refusing %s: wrong token", self.peer)
         await self._goodbye(Unauthorized("wrong token"), request_id)
         return False
 

@@ -37,6 +37,7 @@ from typing import NoReturn
 import attrs
 import trio
 
+from raftfleet_agent.log_throttle import Throttle
 from raftfleet_agent.transport.connection import (
     CONNECTION_ERRORS,
     Connection,
@@ -135,6 +136,9 @@ class PeerTransport:
         self._handshakes_by_address: dict[str, int] = {}
         self._handshakes_failed = 0
         self._handshakes_refused_busy = 0
+        # Anyone who can connect triggers these: a line per interval, not per connection.
+        self._say_busy = Throttle(logger)
+        self._say_failed = Throttle(logger)
         self._duplicates_closed = 0
         self._dropped_unknown = 0
 
@@ -368,7 +372,7 @@ class PeerTransport:
             or busy >= self._config.handshakes_per_address_max
         ):
             self._handshakes_refused_busy += 1
-            logger.warning(
+            self._say_busy.warning(
                 "too many handshakes in progress (%d, %d from %s); dropping a new connection",
                 self._handshakes_running,
                 busy,
@@ -408,7 +412,7 @@ class PeerTransport:
             )
         except HandshakeError as exc:
             self._handshakes_failed += 1
-            logger.warning("dropped unauthenticated connection from %s: %s", where, exc)
+            self._say_failed.warning("dropped unauthenticated connection from %s: %s", where, exc)
             await trio.aclose_forcefully(stream)
             return None
         except BaseException:

@@ -446,6 +446,19 @@ async def test_tcp_wrong_token(start_tcp: StartTcp) -> None:
     assert "token" in error["message"]
 
 
+async def test_tcp_wrong_tokens_are_logged_at_a_bounded_rate(
+    start_tcp: StartTcp, caplog: pytest.LogCaptureFixture
+) -> None:
+    addr = await start_tcp()
+    with caplog.at_level(logging.WARNING, logger="raftfleet.control"):
+        for _ in range(20):
+            peer = await tcp_peer(addr)
+            await peer.request(1, "auth", token=b"wrong-token-0123456789abcdef")
+            await peer.expect_goodbye("unauthorized", request_id=1)
+    lines = [r for r in caplog.records if "wrong token" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # all 20 refused, one line
+
+
 @pytest.mark.parametrize(
     "first",
     [
