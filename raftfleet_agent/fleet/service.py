@@ -51,6 +51,9 @@ SWEEP_SLICES = 12
 ROUND_GAP_S = 0.2  # rounds triggered by changes come at most this often
 STATE_POLL_S = 0.2
 UNREACHABLE_LOG_EVERY_S = 30.0  # a round that cannot read the cluster state says so this often
+# A fresh replica not in its group's membership after this long was never added
+# (its move failed between creating it and adding it): discard it.
+FRESH_REPLICA_GRACE_S = 20.0
 
 
 def now_ms() -> int:
@@ -344,21 +347,29 @@ class FleetService:
             logger.info("%s%s", e, f"; {then}" if then else "")
 
     async def _discard_orphans(self, st: dict) -> None:
-        """Drop local replicas that their group removed while this agent was away.
+        """Drop local replicas that their group removed, or never added.
 
         A removed replica learns it only from a leader that hears from it; one
         whose old configuration names no current leader can wait forever (and
         keep a drain from finishing). So replicas without a leader, and every
         replica of a draining agent, are checked against their leader's
-        membership. Fresh replicas not yet in any configuration are left alone.
+        membership. A fresh replica is made by a move just before the leader
+        adds it as a learner; when that step fails (the leader changed, links
+        were cut) and placement then looks elsewhere, nobody adds it, and on a
+        draining agent it held the drain forever (fault campaign, seed 7218).
+        So one still fresh after FRESH_REPLICA_GRACE_S is checked the same way.
         """
         me = st["agents"].get(self.name, {})
         draining = me.get("state") == "draining"
+        now = time.monotonic()
         for g, r in list(self.host.replicas.items()):
             m = r.member
-            if g == CLUSTER or not m.ever_member or m.is_leader:
+            if g == CLUSTER or m.is_leader:
                 continue
-            if not draining and m.leader is not None:
+            if not m.ever_member:
+                if now - r.created_s < FRESH_REPLICA_GRACE_S:
+                    continue  # its move may be adding it right now
+            elif not draining and m.leader is not None:
                 continue
             leader = await self._leader_of(g)
             if leader is None or leader == self.name:
@@ -371,7 +382,10 @@ class FleetService:
                 continue
             ids = {tuple(x.get("replica_id") or ()) for x in status.get("members", [])}
             if (m.id.agent, m.id.n) not in ids and self.host.replicas.get(g) is r:
-                logger.info("%s: discarding %s, removed from the group while we were away", g, m.id)
+                why = "removed from the group while we were away"
+                if not m.ever_member:
+                    why = f"never added to the group in {now - r.created_s:.0f} s"
+                logger.info("%s: discarding %s, %s", g, m.id, why)
                 await self.host.drop_replica(g)
 
     def _cached_plans(self, st: dict) -> list[Plan]:

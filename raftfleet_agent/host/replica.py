@@ -96,6 +96,7 @@ class Replica:
     __slots__ = (
         "_read_ids",
         "applier",
+        "created_s",
         "group",
         "known_leader",
         "leader_since_s",
@@ -120,6 +121,7 @@ class Replica:
         self.known_leader: ReplicaId | None = None  # the leader last reported to the router
         self.leader_since_s = time.monotonic()  # when known_leader last changed (wall clock:
         # a quiescent replica's ticks stop)
+        self.created_s = self.leader_since_s  # created or loaded by this process
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)

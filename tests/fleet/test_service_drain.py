@@ -54,3 +54,59 @@ async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> Non
         await svc.reconcile_once(None, None)  # type: ignore[arg-type]
     said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert said == ["cluster state unreachable: no leader"]  # once, not every round
+
+
+async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> None:
+    # Found by the fault campaign (seed 7218): a move made a replica of "fkv"
+    # on a4, adding it as a learner failed under cut links, a4 started
+    # draining, and the fresh replica (never in any configuration) was left
+    # alone by this check: a4 stayed draining with one replica for good.
+    import time
+
+    from raftfleet_agent.fleet import service
+    from raftfleet_agent.raft.types import ReplicaId
+
+    old = time.monotonic() - service.FRESH_REPLICA_GRACE_S - 1
+
+    def replica(n: int, created_s: float, *, ever_member: bool = False) -> SimpleNamespace:
+        member = SimpleNamespace(
+            id=ReplicaId("a4", n), ever_member=ever_member, is_leader=False, leader=None
+        )
+        return SimpleNamespace(member=member, created_s=created_s)
+
+    replicas = {
+        "stale": replica(1, old),  # never added: to go
+        "young": replica(2, time.monotonic()),  # its move may still add it: stays
+        "joining": replica(3, old),  # the leader lists it as a learner: stays
+        "member": replica(4, old, ever_member=True),  # a member with a leader, not draining
+    }
+    replicas["member"].member.leader = ReplicaId("a5", 9)
+    dropped: list[str] = []
+
+    async def drop_replica(g: str) -> bool:
+        dropped.append(g)
+        del replicas[g]
+        return True
+
+    async def leader_of(g: str) -> str:
+        return "a5"
+
+    asked: list[str] = []
+
+    async def call(agent: str, op: str, args: dict) -> dict:
+        assert (agent, op) == ("a5", "replica_status")
+        asked.append(args["group"])
+        members = [{"replica_id": ["a5", 9]}, {"replica_id": ["a1", 7]}]
+        if args["group"] == "joining":
+            members.append({"replica_id": ["a4", 3]})  # as a learner, not yet caught up
+        return {"leader": "a5", "members": members}
+
+    svc = FleetService.__new__(FleetService)
+    svc.name = "a4"
+    svc.host = SimpleNamespace(replicas=replicas, drop_replica=drop_replica)
+    svc._leader_of = leader_of  # type: ignore[method-assign]
+    svc._call = call  # type: ignore[method-assign]
+    await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
+    assert dropped == ["stale"]
+    assert sorted(asked) == ["joining", "stale"]  # the young one is not even asked about
+    assert set(replicas) == {"young", "joining", "member"}
