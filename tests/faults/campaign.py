@@ -709,9 +709,12 @@ def setup_fleet(fleet: Fleet, groups: tuple | list = GROUPS) -> None:
 
 
 def _views(a: AgentProc) -> str:
-    """What `a` says of itself and of the cluster-state group (for a stuck agent's report)."""
+    """What `a` says of itself and of the cluster (for a stuck agent's report).
+
+    (The cluster-state group itself is not addressable by name: `status`
+    carries its leader and voters.)"""
     out = []
-    for op, args in (("status", {}), ("group_status", {"name": "__cluster__"})):
+    for op, args in (("status", {}), ("nodes", {})):
         try:
             out.append(f"{op}: {json.dumps(a.call(op, timeout=5, **args), default=str)}")
         except Exception as e:
