@@ -778,6 +778,7 @@ class RaftMember:
 
     def _contact(self, pr: Progress, acked_round: int) -> None:
         pr.recent_active = True
+        pr.heard = True
         pr.last_contact = self._now
         if acked_round > pr.acked_round:
             pr.acked_round = acked_round
@@ -1074,18 +1075,18 @@ class RaftMember:
         pr = self.progress.get(replica)
         if pr is None or pr.match + self.opts.promote_lag_max < self.log.last_index:
             raise MembershipError("learner_behind", f"{replica} has not caught up with the log yet")
-        if self._now - pr.last_contact > self.opts.election_ticks:
+        if not self._answered_recently(pr):
             raise MembershipError("learner_unresponsive", f"{replica} has not answered recently")
+
+    def _answered_recently(self, pr: Progress) -> bool:
+        """Heard from within an election timeout, by this leader (not just tracked since)."""
+        return pr.heard and self._now - pr.last_contact <= self.opts.election_ticks
 
     def _check_removal_keeps_quorum(self, new: Config) -> None:
         healthy = [
             v
             for v in new.voters
-            if v == self.id
-            or (
-                v in self.progress
-                and self._now - self.progress[v].last_contact <= self.opts.election_ticks
-            )
+            if v == self.id or (v in self.progress and self._answered_recently(self.progress[v]))
         ]
         if len(healthy) < new.quorum():
             raise MembershipError(

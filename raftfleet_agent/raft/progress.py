@@ -19,6 +19,7 @@ class ProgressState(enum.Enum):
 class Progress:
     __slots__ = (
         "acked_round",
+        "heard",
         "inflight",
         "last_ack",
         "last_contact",
@@ -43,6 +44,9 @@ class Progress:
         self.inflight: list[int] = []
         self.recent_active = True  # heard from since the last check-quorum round
         self.last_contact = now  # tick of the last message from this follower
+        # Answered this leader at least once. Until then last_contact is only the
+        # tick the leader started tracking it, which says nothing of its health.
+        self.heard = False
         self.last_ack = now  # tick when `match` last moved
         self.acked_round = 0  # highest heartbeat round this follower echoed
         self.snap_index = 0  # SNAPSHOT: index of the snapshot being sent

@@ -214,3 +214,35 @@ def test_removed_follower_that_missed_the_news_is_told_by_the_leader() -> None:
     assert any(isinstance(msg, m.Removed) and msg.to == C for msg in c.sent)
     assert c.replicas[C].gone
     assert c.leader() == A and c[A].term == 1
+
+
+def test_a_new_leader_counts_as_healthy_only_voters_it_heard_from() -> None:
+    # Fault campaign, seed 7225: a leader elected moments before removed a
+    # live voter from {a1, a4, a5} because it counted a4, dead for 8 s, as
+    # healthy: every follower looked freshly contacted at the election. The
+    # group was left as {a4, a5} with a4 dead, then a4's disk was wiped.
+    c = Cluster()
+    c.elect(A)
+    c.crash(C)
+    c.run(2)
+    c[A].transfer_leadership(B)
+    c.stabilize()
+    assert c[B].role is Role.LEADER and c[B].commit >= c[B].status().last_index
+    with pytest.raises(MembershipError) as err:
+        c[B].change_membership(ConfOp.REMOVE, A)  # {B, C}: C never answered B
+    assert err.value.code == "would_lose_quorum"
+    c[B].change_membership(ConfOp.REMOVE, C)  # removing the silent one is fine
+    c.run(1)
+    assert c[B].config.voters == {A, B}
+
+
+def test_a_new_leader_does_not_promote_a_learner_it_never_heard_from() -> None:
+    c = with_learner()
+    c.crash(D)
+    c.run(1)  # D's last answer to A was a moment ago
+    c[A].transfer_leadership(B)
+    c.stabilize()
+    assert c[B].role is Role.LEADER
+    with pytest.raises(MembershipError) as err:
+        c[B].change_membership(ConfOp.PROMOTE, D)
+    assert err.value.code == "learner_unresponsive"
