@@ -1246,8 +1246,16 @@ class RaftMember:
             self._lease_until = 0
             self._round_ticks.clear()
             self._need_round = True  # tell the followers at once
+            self._forget_contacts()
         else:
             self.election_elapsed = 0
+
+    def _forget_contacts(self) -> None:
+        """A leader waking from quiet: with its clock stopped, a follower that
+        died meanwhile still looks just heard from. Count none as healthy (for
+        membership changes) until it answers the wake-up round."""
+        for pr in self.progress.values():
+            pr.heard = False
 
     def leader_lost(self) -> None:
         """The host lost its connection to the agent of this replica's leader.
@@ -1288,6 +1296,7 @@ class RaftMember:
         self._idle_ticks = 0
         if self.role is Role.LEADER:
             self._need_round = True
+            self._forget_contacts()
             return
         self.leader = None
         self.election_elapsed = -self.rng.randrange(self.opts.election_ticks)

@@ -121,3 +121,25 @@ def test_a_quiet_follower_told_to_campaign_keeps_its_election_timer() -> None:
     assert asked_by_b() > first  # the lost election was tried again
     c.run(60)
     assert c.leaders() in ([B], [C])
+
+
+def test_a_woken_leader_counts_a_voter_healthy_only_once_it_answers_again() -> None:
+    # The host does not tick a quiet leader: its clock stands still, so a
+    # follower that died meanwhile still looks just heard from. Removing a
+    # live voter then would leave the dead one as half of the group.
+    from raftfleet_agent.raft.errors import MembershipError
+    from raftfleet_agent.raft.membership import ConfOp
+
+    c = quiet_cluster()
+    assert c[A].quiescent
+    c.crash(C)  # no tick reaches the quiet leader meanwhile, as on the agent
+    try:
+        c[A].change_membership(ConfOp.REMOVE, B)  # {A, C}: C is dead
+    except MembershipError as e:
+        assert e.code == "would_lose_quorum"
+    else:
+        raise AssertionError("removed a live voter of a group whose other follower is dead")
+    c.run(1)  # B answers the wake-up round; C cannot
+    c[A].change_membership(ConfOp.REMOVE, C)
+    c.run(1)
+    assert c[A].config.voters == {A, B}
