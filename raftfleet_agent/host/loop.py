@@ -597,8 +597,13 @@ class MultiRaftHost:
         return w.result
 
     def transfer_leadership(self, group: str, target: ReplicaId) -> None:
-        self._replica(group).member.transfer_leadership(target)
-        self._touch(group)
+        member = self._replica(group).member
+        try:
+            member.transfer_leadership(target)
+        finally:
+            # Even when refused: asking woke a quiet leader, which must now be
+            # ticked and send its wake-up round (it would sit awake and mute).
+            self._touch(group)
 
     def force_sole_voter(self, group: str, min_term: int) -> int:
         index = self._replica(group).member.force_sole_voter(min_term)
@@ -607,9 +612,11 @@ class MultiRaftHost:
 
     def change_membership(self, group: str, op: ConfOp, replica: ReplicaId) -> int:
         """One single-server change on the local leader; returns the config entry's index."""
-        index = self._replica(group).member.change_membership(op, replica)
-        self._touch(group)
-        return index
+        member = self._replica(group).member
+        try:
+            return member.change_membership(op, replica)
+        finally:
+            self._touch(group)  # even when refused (see transfer_leadership)
 
     # ------------------------------------------------------------ status
 

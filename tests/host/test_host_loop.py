@@ -206,6 +206,39 @@ async def test_idle_groups_quiesce_and_wake(quiet_cluster: Fabric) -> None:
     assert (await new.command("q1", "inc", "c", 2, timeout_s=2)).reply == 1
 
 
+async def test_a_refused_change_still_wakes_a_quiet_leader_fully(quiet_cluster: Fabric) -> None:
+    # Waking from quiet, a leader counts no follower healthy until it answers
+    # the wake-up round, so the first removal asked of a quiet group is
+    # refused. The host touched the group only when the change succeeded: the
+    # refused one left it awake but never ticked or flushed, its round never
+    # went out, and every retry was refused again (a drain hung for minutes).
+    from raftfleet_agent.raft.errors import MembershipError
+    from raftfleet_agent.raft.membership import ConfOp
+
+    fabric = quiet_cluster
+    ids = await _create(fabric, "w")
+    lead = await _leader(fabric, "w")
+    await _until(lambda: all(h.statistics().awake == 0 for h in fabric.hosts.values()))
+    member = lead.replicas["w"].member
+    other = next(r for r in ids if r != member.id)
+    with pytest.raises(MembershipError):
+        lead.change_membership("w", ConfOp.REMOVE, other)  # nobody answered since waking
+
+    async def removed() -> None:
+        while True:
+            try:
+                lead.change_membership("w", ConfOp.REMOVE, other)
+                return
+            except MembershipError:
+                await trio.sleep(0.05)
+
+    with trio.fail_after(5):
+        await removed()
+    await _until(
+        lambda: other not in member.config.voters and member.commit == member.log.last_index
+    )
+
+
 async def test_heartbeats_of_all_groups_share_one_frame_per_peer(cluster: Fabric) -> None:
     for i in range(30):
         await _create(cluster, f"h{i}")
