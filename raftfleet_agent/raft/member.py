@@ -1292,12 +1292,11 @@ class RaftMember:
         """
         if not self.quiescent:
             return
+        if self.role is Role.LEADER:
+            self._unquiesce()  # the same frozen clock: no old round, no old contact
+            return
         self.quiescent = False
         self._idle_ticks = 0
-        if self.role is Role.LEADER:
-            self._need_round = True
-            self._forget_contacts()
-            return
         self.leader = None
         self.election_elapsed = -self.rng.randrange(self.opts.election_ticks)
 
