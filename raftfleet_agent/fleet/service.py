@@ -37,6 +37,7 @@ from raftfleet_agent.statemachine.loader import register_internal_type
 
 if TYPE_CHECKING:
     from raftfleet_agent.agent import Agent
+    from raftfleet_agent.host.replica import Replica
 
 logger = logging.getLogger("raftfleet.fleet")
 
@@ -54,6 +55,16 @@ UNREACHABLE_LOG_EVERY_S = 30.0  # a round that cannot read the cluster state say
 # A fresh replica not in its group's membership after this long was never added
 # (its move failed between creating it and adding it): discard it.
 FRESH_REPLICA_GRACE_S = 20.0
+
+
+def _may_be_orphan(r: Replica, draining: bool, now: float) -> bool:
+    """Worth asking the leader whether `r` is still (or ever was) in its group."""
+    m = r.member
+    if m.is_leader:
+        return False
+    if not m.ever_member:
+        return now - r.created_s >= FRESH_REPLICA_GRACE_S  # its move may be adding it now
+    return draining or m.leader is None
 
 
 def now_ms() -> int:
@@ -364,12 +375,7 @@ class FleetService:
         now = time.monotonic()
         for g, r in list(self.host.replicas.items()):
             m = r.member
-            if g == CLUSTER or m.is_leader:
-                continue
-            if not m.ever_member:
-                if now - r.created_s < FRESH_REPLICA_GRACE_S:
-                    continue  # its move may be adding it right now
-            elif not draining and m.leader is not None:
+            if g == CLUSTER or not _may_be_orphan(r, draining, now):
                 continue
             leader = await self._leader_of(g)
             if leader is None or leader == self.name:
