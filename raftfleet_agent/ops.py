@@ -40,6 +40,7 @@ logger = logging.getLogger("raftfleet.ops")
 PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
 PEER_TIMEOUT_S_MAX = 120.0  # a forwarded command's timeout (the control API allows 60 s)
+DRAIN_GROUPS_SHOWN = 10  # groups named when a drain watch times out
 # What `group_status` shows of each replica when the group has no leader.
 _REPLICA_VIEW = (
     "reported_by",
@@ -153,7 +154,7 @@ class AgentOps:
         state, _ = await self.agent.fleet.my_state()
         if state != "active":
             raise ControlError("not_active", f"this agent is {state}; deactivate needs active")
-        return await self._fleet(self.agent.fleet.deactivate())
+        return await self._fleet(self.agent.fleet.deactivate(force=args["force"]))
 
     async def _fleet(self, aw: Any) -> object:
         try:
@@ -252,7 +253,15 @@ class AgentOps:
                     }
                 await trio.sleep(0.25)
         assert scope.cancelled_caught
-        raise ControlError("timeout", f"drain not finished after {timeout} s (it continues)")
+        replicas, leaders = fleet.local_counts()
+        # Naming what is left tells the operator where to look (a group without
+        # a leader cannot move its replica away).
+        left = fleet.local_groups()[:DRAIN_GROUPS_SHOWN]
+        raise ControlError(
+            "timeout",
+            f"drain not finished after {timeout} s (it continues)",
+            {"replicas": replicas, "leaders": leaders, "groups_left": left},
+        )
 
     async def op_join(self, args: dict, events: Any) -> object:
         try:

@@ -35,15 +35,16 @@ if TYPE_CHECKING:
     from raftfleet_cli.main import State
 
 STREAM_GRACE_S = 5.0  # the agent's own watch timeout answers first
+GROUPS_SHOWN_MAX = 10  # groups named when a watch times out
 
 
-def run_drain(state: State, *, timeout_s: float | None, detach: bool) -> None:
+def run_drain(state: State, *, timeout_s: float | None, detach: bool, force: bool) -> None:
     from raftfleet_cli.client import CallTimeout, ControlError
 
     status = status_view(state.call("status", "drain"))
     name = status["name"] or "the agent"
     if status["state"] != "draining":
-        _deactivate(state)
+        _deactivate(state, force)
     out = state.out
     if detach:
         if out.json:
@@ -91,6 +92,8 @@ def run_drain(state: State, *, timeout_s: float | None, detach: bool) -> None:
             with state.failing("drain"):
                 raise
         elapsed = time.monotonic() - started
+        if isinstance(exc, ControlError):
+            last = {**last, **_left_at_timeout(exc.details)}
         display.finish("timeout", last, elapsed)
         raise Failure(
             f"drain: {name} still has {_left(last)} after {elapsed:.0f} s; the drain "
@@ -104,15 +107,28 @@ def run_drain(state: State, *, timeout_s: float | None, detach: bool) -> None:
     display.finish("complete", last, time.monotonic() - started)
 
 
-def _deactivate(state: State) -> None:
+def _deactivate(state: State, force: bool) -> None:
     from raftfleet_cli.client import ControlError
 
     try:
-        state.call_raw("deactivate")
+        state.call_raw("deactivate", force=force)
     except ControlError as exc:
         if exc.code != "not_active":  # inactive already: watch whatever is left
             with state.failing("drain (deactivate)"):
                 raise
+
+
+def _left_at_timeout(details: dict[str, Any]) -> dict[str, Any]:
+    """What the agent said was left when its watch timed out (shape-checked)."""
+    left: dict[str, Any] = {}
+    for key in ("replicas", "leaders"):
+        value = details.get(key)
+        if type(value) is int and value >= 0:
+            left[key] = value
+    groups = details.get("groups_left")
+    if isinstance(groups, list) and all(isinstance(g, str) for g in groups):
+        left["groups_left"] = groups[:GROUPS_SHOWN_MAX]
+    return left
 
 
 def _left(event: dict[str, Any]) -> str:
@@ -120,7 +136,13 @@ def _left(event: dict[str, Any]) -> str:
         value = event.get(key)
         return "?" if value is None else str(value)
 
-    return f"{n('replicas')} replicas and {n('leaders')} leaderships"
+    text = f"{n('replicas')} replicas and {n('leaders')} leaderships"
+    groups = event.get("groups_left")
+    if groups:
+        replicas = event.get("replicas")
+        more = ", ..." if isinstance(replicas, int) and replicas > len(groups) else ""
+        text += f" (groups {', '.join(groups)}{more})"
+    return text
 
 
 def _display(out: Output, name: str) -> _Display:

@@ -38,6 +38,8 @@ _HINTS = {
     "no_leader": "retry in a moment; `raftfleet group status NAME` shows the members",
     "not_active": "activate the agent first: `raftfleet activate ZONE`",
     "not_inactive": "drain the agent first: `raftfleet drain`",
+    "too_few_agents": "activate another agent first (`raftfleet activate ZONE` on it), or "
+    "pass --force to let those groups shrink",
     "unavailable": "retry in a moment; the agent log says more",
     "internal": "this is a bug in the agent; its log has the details",
     "invalid_type": "name a built-in type (counter, kv) or an importable pkg.mod:Class",

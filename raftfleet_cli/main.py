@@ -229,13 +229,20 @@ def activate(state: State, zone: str) -> None:
     _action(state, view, f"{who} activated in zone {view['zone']}")
 
 
+_FORCE_HELP = (
+    "Go ahead even if too few active agents would be left for every group to keep "
+    "all its replicas (those groups shrink, and tolerate fewer failures)."
+)
+
+
 @main.command()
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_state
-def deactivate(state: State) -> None:
+def deactivate(state: State, force: bool) -> None:
     """Stop placing replicas here and start moving them away (see drain to watch it)."""
     from raftfleet_cli.views import action_view
 
-    result = state.call("deactivate", "deactivate")
+    result = state.call("deactivate", "deactivate", force=force)
     view = action_view(("name", "state"), result)
     _action(state, view, "deactivated: replicas are moving away (watch with `raftfleet drain`)")
 
@@ -248,8 +255,9 @@ def deactivate(state: State) -> None:
     help="Give up watching after SECONDS (exit 4; the drain continues).",
 )
 @click.option("--detach", is_flag=True, help="Deactivate and return at once, without watching.")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
 @pass_state
-def drain(state: State, timeout: float | None, detach: bool) -> None:
+def drain(state: State, timeout: float | None, detach: bool, force: bool) -> None:
     """Deactivate this agent and watch its replicas and leaderships move away.
 
     Exits 0 once none are left, so `raftfleet drain --timeout 600 && systemctl
@@ -257,7 +265,7 @@ def drain(state: State, timeout: float | None, detach: bool) -> None:
     """
     from raftfleet_cli.drain import run_drain
 
-    run_drain(state, timeout_s=timeout, detach=detach)
+    run_drain(state, timeout_s=timeout, detach=detach, force=force)
 
 
 @main.command()

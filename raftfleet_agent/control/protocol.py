@@ -123,6 +123,7 @@ DATA_TYPE_ERROR: Final = "data_type_error"
 REQUEST_EXPIRED: Final = "request_expired"
 NOT_ACTIVE: Final = "not_active"
 NOT_INACTIVE: Final = "not_inactive"
+TOO_FEW_AGENTS: Final = "too_few_agents"
 UNAVAILABLE: Final = "unavailable"
 INTERNAL: Final = "internal"
 
@@ -150,6 +151,8 @@ ERROR_DESCRIPTIONS: Final[Mapping[str, str]] = types.MappingProxyType(
         "window, so the command cannot be safely applied",
         NOT_ACTIVE: "the agent must be active for this op",
         NOT_INACTIVE: "the agent must be inactive for this op",
+        TOO_FEW_AGENTS: "deactivating this agent would leave fewer active agents than a "
+        "group's replicas, so groups would shrink (force to accept that)",
         UNAVAILABLE: "the agent cannot serve this now (starting, stopping, overloaded)",
         INTERNAL: "a bug in the agent; the agent log has the details",
     }
@@ -519,7 +522,7 @@ OPS: Final[Mapping[str, OpSpec]] = types.MappingProxyType(
             OpSpec("nodes"),
             OpSpec("join", (Field("address", _address),)),
             OpSpec("activate", (Field("zone", _zone_name),)),
-            OpSpec("deactivate"),
+            OpSpec("deactivate", (Field("force", _boolean, False),)),
             OpSpec(
                 "drain_watch",
                 (Field("timeout_s", _seconds(WATCH_TIMEOUT_S_MAX), None),),

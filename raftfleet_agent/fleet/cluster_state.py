@@ -64,6 +64,7 @@ NO_ACTIVE_AGENT: Final = "no_active_agent"
 NOT_INACTIVE: Final = "not_inactive"
 NOT_ACTIVE: Final = "not_active"
 NOT_DRAINING: Final = "not_draining"
+TOO_FEW_AGENTS: Final = "too_few_agents"
 INVALID_NAME: Final = "invalid_name"
 INVALID_TYPE: Final = "invalid_type"
 # A malformed argument (wrong arity, type or range): a bug in the proposing
@@ -79,6 +80,7 @@ ERROR_CODES: Final = frozenset(
         NOT_INACTIVE,
         NOT_ACTIVE,
         NOT_DRAINING,
+        TOO_FEW_AGENTS,
         INVALID_NAME,
         INVALID_TYPE,
         INVALID_ARGUMENT,
@@ -269,13 +271,40 @@ def _activate(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
 
 
 def _deactivate(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
-    _arity(arg, 3)
+    # The 4th argument (`keep_replicas`) came later: entries written before it
+    # (3 arguments) must apply as they always did, unchecked.
+    _arity(arg, 3, 4)
     now = _now(arg[2])
+    keep_replicas = arg[3] if len(arg) == 4 else False
+    if type(keep_replicas) is not bool:
+        raise _fail(INVALID_ARGUMENT, f"keep_replicas must be a boolean, got {_show(arg[3])}")
     agent = _agent_in(state, arg[1], ACTIVE, NOT_ACTIVE)
+    if keep_replicas:
+        _refuse_if_groups_shrink(state, arg[1])
     # The zone is kept for the operator's view; placement ignores it now.
     agent.update(state=DRAINING, since_ms=now)
     state["version"] += 1
     return {"state": DRAINING}
+
+
+def _refuse_if_groups_shrink(state: dict[str, Any], leaving: str) -> None:
+    """Refuse to take `leaving` out of placement if a group would lose a replica.
+
+    Placement puts each group on min(replicas, active agents) agents: with
+    too few active agents left a group shrinks (3 voters to 2 tolerates no
+    failure at all). Checked here, in the replicated state, so two drains
+    started at once cannot both pass.
+    """
+    left = sum(1 for n, a in state["agents"].items() if a["state"] == ACTIVE and n != leaving)
+    short = sorted(g for g, rec in state["groups"].items() if rec["replicas"] > left)
+    if short:
+        shown = ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        raise _fail(
+            TOO_FEW_AGENTS,
+            f"taking {leaving!r} out leaves {left} active agent(s), fewer than the replicas "
+            f"of {len(short)} group(s) ({shown}); activate another agent first, or force "
+            "it and let those groups shrink",
+        )
 
 
 def _drained(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
@@ -409,7 +438,8 @@ _COMMANDS: Final = {
 
 _COMMAND_FORMS: Final = (
     '["register", agent, address, node_id, now_ms], ["activate", agent, zone, now_ms], '
-    '["deactivate", agent, now_ms], ["drained", agent, now_ms], ["purge", agent, now_ms], '
+    '["deactivate", agent, now_ms(, keep_replicas)], ["drained", agent, now_ms], '
+    '["purge", agent, now_ms], '
     '["add_group", name, replicas, type, now_ms], ["remove_group", name, now_ms], '
     '["cleaned", agent, name, now_ms(, generation)]'
 )

@@ -243,8 +243,14 @@ class FleetService:
             self.activating = False
         return {"name": self.name, "zone": zone, "state": "active"}
 
-    async def deactivate(self) -> dict:
-        await self.propose(["deactivate", self.name, now_ms()])
+    async def deactivate(self, *, force: bool = False) -> dict:
+        """Leave placement; refused (too_few_agents) if a group would lose a replica.
+
+        `force` sends the unchecked form, which is also what entries written
+        before the check look like.
+        """
+        command = ["deactivate", self.name, now_ms()]
+        await self.propose(command if force else [*command, True])
         return {"name": self.name, "state": "draining"}
 
     async def my_state(self) -> tuple[str, str | None]:
@@ -260,6 +266,10 @@ class FleetService:
         if state == "inactive" and self.activating:
             state = "activating"
         return state, me.get("zone")
+
+    def local_groups(self) -> list[str]:
+        """The groups with a replica here, sorted, the cluster-state group excluded."""
+        return sorted(g for g in self.host.replicas if g != CLUSTER)
 
     def local_counts(self) -> tuple[int, int]:
         """(replicas, leaders) hosted here, the cluster-state replica excluded."""

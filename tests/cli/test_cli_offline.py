@@ -309,7 +309,9 @@ def drain_agent(fake: FakeAgent, counts: list[tuple[int, int]], *, pause_s: floa
         if counts[-1] == (0, 0):
             return {"event": "complete"}
         await trio.sleep(args["timeout_s"] or 60)
-        raise ControlError("timeout", "drain not finished")
+        replicas, leaders = counts[-1]
+        left = {"replicas": replicas, "leaders": leaders, "groups_left": ["g1", "g7"]}
+        raise ControlError("timeout", "drain not finished", left)
 
     fake.answers["status"] = lambda args, ev: {"name": "a1", "state": state["now"]}
     fake.answers["deactivate"] = deactivate
@@ -349,7 +351,31 @@ def test_drain_timeout_exits_4_and_says_it_continues(fake_agent: FakeAgent) -> N
     assert ran.code == 4, ran
     last = json.loads(ran.stdout.splitlines()[-1])
     assert last["event"] == "timeout" and last["replicas"] == 2
+    assert last["groups_left"] == ["g1", "g7"]  # what is left is named
     assert "continues on the agent" in ran.stderr
+    assert "2 replicas and 1 leaderships (groups g1, g7)" in ran.stderr
+
+
+def test_drain_refused_for_too_few_agents_says_how_to_go_on(fake_agent: FakeAgent) -> None:
+    from raftfleet_agent.control.protocol import ControlError
+
+    drain_agent(fake_agent, [(2, 1), (0, 0)])
+
+    def deactivate(args: dict, ev: Any) -> dict:
+        if not args["force"]:
+            raise ControlError("too_few_agents", "taking 'a1' out leaves 2 active agent(s)")
+        fake_agent.answers["status"] = {"name": "a1", "state": "draining"}
+        return {"name": "a1", "state": "draining"}
+
+    fake_agent.answers["deactivate"] = deactivate
+    ran = run("--addr", fake_agent.addr, "-o", "json", "drain")
+    assert ran.code == 1 and ran.stdout == "", ran
+    assert "leaves 2 active agent(s)" in ran.stderr and "--force" in ran.stderr
+    assert fake_agent.ops() == ["status", "deactivate"]  # nothing watched
+    ran = run("--addr", fake_agent.addr, "-o", "json", "drain", "--force")
+    assert ran.code == 0, ran
+    assert fake_agent.calls[3] == ("deactivate", {"force": True})
+    assert json.loads(ran.stdout.splitlines()[-1])["event"] == "complete"
 
 
 def test_drain_detach_returns_after_deactivate(fake_agent: FakeAgent) -> None:

@@ -35,7 +35,7 @@ VALID = {
     "nodes": ({}, {}),
     "join": ({"address": "10.0.0.1:7000"}, {"address": "10.0.0.1:7000"}),
     "activate": ({"zone": "eu-1a"}, {"zone": "eu-1a"}),
-    "deactivate": ({}, {}),
+    "deactivate": ({}, {"force": False}),
     "drain_watch": ({}, {"timeout_s": None}),
     "group_create": (
         {"name": "g1"},
@@ -271,7 +271,8 @@ def test_error_codes_are_documented_and_stable() -> None:
         "bad_request", "unknown_op", "unauthorized", "not_found", "unknown_group",
         "already_exists", "no_active_agent", "cleanup_ongoing", "invalid_name", "invalid_type",
         "no_leader", "not_leader", "timeout", "invalid_argument", "data_type_error",
-        "request_expired", "not_active", "not_inactive", "unavailable", "internal",
+        "request_expired", "not_active", "not_inactive", "too_few_agents", "unavailable",
+        "internal",
     }  # fmt: skip
     assert expected == ERROR_CODES
     for code in ERROR_CODES:

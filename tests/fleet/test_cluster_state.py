@@ -229,6 +229,42 @@ def test_unknown_agent_is_not_found(op: str) -> None:
     refused(state, "not_found", *arg)
 
 
+def test_checked_deactivate_refuses_when_a_group_would_lose_a_replica() -> None:
+    state = fleet(*THREE, ("d", "z4", "active"))
+    run(state, "add_group", "g3", 3, "counter", NOW)
+    run(state, "add_group", "g1", 1, "kv", NOW)
+    # Four active agents: one may go, three are left for groups of three.
+    assert run(state, "deactivate", "d", NOW + 1, True) == {"state": "draining"}
+    message = refused(state, "too_few_agents", "deactivate", "c", NOW + 2, True)
+    assert "leaves 2 active agent(s)" in message and "1 group(s) (g3)" in message
+    assert state["agents"]["c"]["state"] == "active"
+    # Once the group that needs three is gone, the same drain is fine.
+    run(state, "remove_group", "g3", NOW + 3)
+    assert run(state, "deactivate", "c", NOW + 4, True) == {"state": "draining"}
+
+
+def test_checked_deactivate_of_the_last_active_agent_is_refused_while_groups_exist() -> None:
+    state = fleet(("a", "z1", "active"))
+    assert run(state, "deactivate", "a", NOW + 1, True) == {"state": "draining"}  # no group
+    run(state, "drained", "a", NOW + 2)
+    run(state, "activate", "a", "z1", NOW + 3)
+    for i in range(7):
+        run(state, "add_group", f"g{i}", 1, "counter", NOW)
+    message = refused(state, "too_few_agents", "deactivate", "a", NOW + 4, True)
+    assert "7 group(s) (g0, g1, g2, g3, g4 and 2 more)" in message
+
+
+def test_unchecked_deactivate_applies_as_entries_written_before_the_check() -> None:
+    state = fleet(*THREE)
+    run(state, "add_group", "g", 3, "counter", NOW)
+    # The 3-argument form is what older logs hold, and what --force sends.
+    assert run(state, "deactivate", "a", NOW + 1) == {"state": "draining"}
+    assert run(state, "deactivate", "b", NOW + 1, False) == {"state": "draining"}
+    assert desired_members(state, "g") == ["c"]
+    refused(state, "invalid_argument", "deactivate", "c", NOW + 1, "yes")
+    refused(state, "invalid_argument", "deactivate", "c", NOW + 1, True, 5)
+
+
 def test_full_lifecycle_and_placement_membership() -> None:
     state = fleet(("a", None, "inactive"), ("b", "z2", "active"))
     assert active_agents_per_zone(state) == {"z2": ["b"]}

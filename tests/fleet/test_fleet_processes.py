@@ -204,6 +204,13 @@ def test_drain_of_a_hundred_replicas_is_fast(tmp_path: Path) -> None:
         victim = procs[3]
         replicas = victim.call("status")["replicas"]
         assert replicas >= 90, replicas
+        # A watch that times out names what is still here (the first ten).
+        with victim.client() as c, pytest.raises(ControlError) as stuck:
+            list(c.stream("drain_watch", timeout=10, timeout_s=0.3))
+        assert stuck.value.code == "timeout"
+        assert stuck.value.details["replicas"] == replicas
+        named = stuck.value.details["groups_left"]
+        assert len(named) == 10 and named == sorted(named) and set(named) <= set(groups)
         t0 = time.monotonic()
         victim.call("deactivate")
         with victim.client() as c:
