@@ -610,13 +610,22 @@ class AgentOps:
         try:
             await self.host.create_replica(group, dtype, rid, cfg)
         except ReplicaExists as e:
-            raise RpcError("already_exists", str(e)) from None
+            there = self.host.replicas.get(group)
+            details = None if there is None else {"replica": list(there.member.id)}
+            raise RpcError("already_exists", str(e), details) from None
         except DataTypeError as e:
             raise RpcError("invalid_type", str(e)) from None
         return True
 
     async def peer_drop_replica(self, peer: str, args: dict) -> object:
-        return await self.host.drop_replica(str(args.get("group")))
+        """Drop the local replica of a group; only if it is `replica`, when that is given."""
+        group = str(args.get("group"))
+        expected = args.get("replica")
+        if expected is not None:
+            there = self.host.replicas.get(group)
+            if there is None or list(there.member.id) != expected:
+                return False  # not the one the caller checked: a newer replica
+        return await self.host.drop_replica(group)
 
     async def peer_campaign(self, peer: str, args: dict) -> object:
         """Start an election here and wait (briefly) until this replica leads.

@@ -115,9 +115,17 @@ class Reconciler:
         self._new_n = new_replica_n
         self._on_move = on_move
 
-    async def converge(self, plan: Plan, max_steps: int = 40) -> bool:
-        """Step until the group matches the plan (True) or no progress is possible now."""
+    async def converge(
+        self, plan: Plan, max_steps: int = 40, still_ours: Callable[[], bool] | None = None
+    ) -> bool:
+        """Step until the group matches the plan (True) or no progress is possible now.
+
+        `still_ours()`, asked before every step, stops a plan whose author is
+        no longer the one to make it (the cluster-state group's leader).
+        """
         for _ in range(max_steps):
+            if still_ours is not None and not still_ours():
+                return False
             leader = await self._find_leader(plan.group)
             if leader is None:
                 return False
@@ -226,12 +234,33 @@ class Reconciler:
         except RpcError as e:
             if e.code != "already_exists":
                 raise
-            # A stale replica of an old membership: discard it, then try again next step.
-            await self._call(agent, "drop_replica", {"group": plan.group})
+            # A replica of an old membership (discarded), or one our plan is
+            # too old to know about (left alone): try again next step.
+            await self._drop_if_stale(plan.group, leader, agent, e.details.get("replica"))
             raise RpcError(
-                "unavailable", f"dropped a stale replica of {plan.group} on {agent}"
+                "unavailable", f"{agent} already hosts a replica of {plan.group}"
             ) from None
         await self._change(leader, plan.group, "add_learner", tuple(rid))
+
+    async def _drop_if_stale(self, group: str, leader: str, agent: str, existing: object) -> None:
+        """Discard `existing`, the replica `agent` hosts, unless the group counts it.
+
+        The membership this step was planned from may be older than the
+        group's: another agent's reconciler (one whose leadership or placement
+        view just ended) may have added that very replica since, and even
+        promoted it. Dropping it then is a wiped voter, and two of those cost
+        the cluster-state group its majority for good (fault campaign, seed
+        7404). So the leader's membership is read again here, and the drop
+        names the replica, so that a newer one is never the one dropped.
+        """
+        if not isinstance(existing, list) or len(existing) != 2:
+            return  # not named: its agent's own orphan check will deal with it
+        status = await self._call(leader, "replica_status", {"group": group})
+        if not isinstance(status, dict) or status.get("leader") != leader:
+            return
+        if tuple(existing) in {m.replica for m in parse_members(status)}:
+            return
+        await self._call(agent, "drop_replica", {"group": group, "replica": existing})
 
     async def _change(self, leader: str, group: str, op: str, replica: tuple[str, int]) -> None:
         await self._call(

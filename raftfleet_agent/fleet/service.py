@@ -419,7 +419,10 @@ class FleetService:
             async with limit:
                 self.moves_in_flight += 1
                 try:
-                    if await self.reconciler.converge(plan):
+                    # The cluster-state group's plan is its leader's to carry
+                    # out: a deposed leader's steps would race the new one's.
+                    mine = self._lead_cluster if plan.group == CLUSTER else None
+                    if await self.reconciler.converge(plan, still_ours=mine):
                         # Nothing to do until the cluster state or a peer changes.
                         self._settled[plan.group] = (epoch, plan)
                 except (RpcError, RouteError, FleetError) as e:
@@ -428,6 +431,10 @@ class FleetService:
                     self.moves_in_flight -= 1
         finally:
             self._converging.discard(plan.group)
+
+    def _lead_cluster(self) -> bool:
+        r = self.host.replicas.get(CLUSTER)
+        return r is not None and r.member.is_leader
 
     async def _cleanup_removed(self, st: dict) -> None:
         for g, info in sorted(st.get("removed", {}).items()):

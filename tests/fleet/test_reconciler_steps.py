@@ -56,3 +56,70 @@ async def test_after_a_transfer_the_same_round_waits_for_the_new_leader_and_goes
     assert await rec.converge(plan) is True
     assert moves == ["leader -> b", "remove a"]
     assert g.members == ["b", "c", "d"]
+
+
+class CrowdedGroup:
+    """Agent "d" already hosts a replica ("d", 7) of the group when asked to host another.
+
+    `members_now` is what the leader's membership holds by the time the
+    reconciler looks again; `members_planned` what its step was planned from.
+    """
+
+    def __init__(self, members_planned: list[str], members_now: list[str]) -> None:
+        self.views = [members_planned, members_now]
+        self.calls: list[tuple[str, str, dict]] = []
+
+    async def find_leader(self, _group: str) -> str:
+        return "a"
+
+    async def call(self, agent: str, op: str, args: dict) -> object:
+        from raftfleet_agent.host.rpc import RpcError
+
+        self.calls.append((agent, op, args))
+        if op == "replica_status":
+            members = self.views[0] if len(self.views) == 1 else self.views.pop(0)
+            return {
+                "leader": "a",
+                "leader_s": 60.0,
+                "members": [
+                    {"agent": m, "replica_id": [m, 7 if m == "d" else 1], "role": "follower",
+                     "contact_ticks": 0}
+                    for m in members
+                ],
+            }  # fmt: skip
+        if op == "host_replica":
+            raise RpcError("already_exists", "d hosts g as d/7", {"replica": ["d", 7]})
+        if op == "drop_replica":
+            return True
+        raise AssertionError(op)
+
+
+async def test_a_replica_the_group_counts_is_not_dropped_for_a_stale_plan() -> None:
+    # Seed 7404: a reconciler planning from an older membership asked "d" to
+    # host a new replica, heard "already exists", and dropped the one there,
+    # a voter promoted a moment before by another reconciler.
+    g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c", "d"])
+    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
+    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
+    assert await rec.converge(plan, max_steps=3) is True
+    assert not [c for c in g.calls if c[1] == "drop_replica"]
+
+
+async def test_a_replica_the_group_does_not_count_is_dropped_by_name() -> None:
+    g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c"])
+    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
+    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
+    assert await rec.converge(plan, max_steps=1) is False
+    drops = [c for c in g.calls if c[1] == "drop_replica"]
+    assert drops == [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
+
+
+async def test_a_plan_that_is_no_longer_ours_stops_before_its_next_step() -> None:
+    g = FakeGroup(["a", "b", "c", "d"], leader="a", election_lookups=0)
+    moves: list[str] = []
+    ours = iter([True])  # ours for the first step only
+    rec = Reconciler(g.call, g.find_leader, lambda: 2, lambda _g, step: moves.append(step))
+    plan = Plan("g", "counter", ("b", "c", "d"), (), "b")
+    assert await rec.converge(plan, still_ours=lambda: next(ours, False)) is False
+    assert moves == ["leader -> b"]  # the removal of "a" is left to the new owner
+    assert g.members == ["a", "b", "c", "d"]
