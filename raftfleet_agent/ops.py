@@ -41,6 +41,7 @@ PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
 PEER_TIMEOUT_S_MAX = 120.0  # a forwarded command's timeout (the control API allows 60 s)
 DRAIN_GROUPS_SHOWN = 10  # groups named when a drain watch times out
+STATUS_STATE_WAIT_S = 1.0  # status waits this long for the cluster state, then says so
 # What `group_status` shows of each replica when the group has no leader.
 _REPLICA_VIEW = (
     "reported_by",
@@ -94,13 +95,19 @@ class AgentOps:
     async def op_status(self, args: dict, events: Any) -> object:
         a, st = self.agent, self.host.statistics()
         fleet = a.fleet
-        state, zone = await fleet.my_state()
+        # Status is what an operator runs when something is wrong: without a
+        # cluster-state leader it must still answer, at once, and say so.
+        cstate, problem = None, None
+        with trio.move_on_after(STATUS_STATE_WAIT_S) as waited:
+            try:
+                cstate = await fleet.state(linearizable=True)
+            except FleetError as e:
+                problem = str(e)
+        if waited.cancelled_caught:
+            problem = f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"
+        state, zone = fleet.my_state_in(cstate or fleet.last_known_state())
         replicas, leaders = fleet.local_counts()
         reach = a.transport.reachability()
-        try:
-            cstate = await fleet.state(linearizable=True)
-        except FleetError:
-            cstate = None
         cluster_leader = self.agent.router.leaders.get(CLUSTER) if self.agent.router else None
         local = self.host.replicas.get(CLUSTER)
         voters: list[str] | None = None
@@ -129,6 +136,7 @@ class AgentOps:
                     for n, addr in sorted(a.peers.addresses.items())
                 },
                 "unreachable_s": fleet.unreachable(),
+                "state_error": problem,
             },
             "moves_in_flight": fleet.moves_in_flight,
             "moves_done": fleet.moves_done,

@@ -258,6 +258,16 @@ class FleetService:
         try:
             st = await self.state()
         except FleetError:
+            st = None
+        return self.my_state_in(st)
+
+    def last_known_state(self) -> dict[str, Any] | None:
+        """The cluster state as last seen here (our replica's, or the last read), no waiting."""
+        return self.local_state() or self._remote_state
+
+    def my_state_in(self, st: dict[str, Any] | None) -> tuple[str, str | None]:
+        """This agent's (state, zone) as `st` records them (None: not known)."""
+        if st is None:
             return ("activating" if self.activating else "inactive"), self.agent.config.zone
         me = st["agents"].get(self.name) or {}
         state = me.get("state", "inactive")

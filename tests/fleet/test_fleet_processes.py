@@ -345,3 +345,30 @@ def test_a_wiped_agent_gets_fresh_replicas(tmp_path: Path) -> None:
             20,
             "the fresh replica to catch up",
         )
+
+
+def test_status_answers_at_once_when_the_cluster_state_has_no_leader(tmp_path: Path) -> None:
+    with agents(tmp_path, 3, first_octet=171, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        survivor = procs[0]
+        wait_for(
+            lambda: survivor.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
+            30,
+            "the cluster state on all three agents",
+        )
+        for p in procs[1:]:
+            p.kill()
+        # Two of three cluster-state voters gone: once the survivor's leadership
+        # lapses nothing can be read linearizably; status still answers within
+        # the client's usual timeout (every call below), and says why.
+        seen: list[dict] = []
+
+        def says_unreachable() -> bool:
+            seen.append(survivor.call("status", timeout=3.0))
+            return bool(seen[-1]["cluster"]["state_error"])
+
+        wait_for(says_unreachable, 20, "status to report the cluster state unreachable")
+        st = seen[-1]
+        assert "cluster state unreachable" in st["cluster"]["state_error"], st
+        assert st["state"] == "active" and st["zone"] == "z1"  # from the copy it holds
+        assert st["cluster"]["leader"] is None
