@@ -12,12 +12,13 @@ import contextlib
 import logging
 import math
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from raftfleet_agent.control.protocol import ControlError
-from raftfleet_agent.fast_ops import FastPath
+from raftfleet_agent.fast_ops import FastPath, check_routed_args
 from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
@@ -39,7 +40,6 @@ logger = logging.getLogger("raftfleet.ops")
 
 PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
-PEER_TIMEOUT_S_MAX = 120.0  # a forwarded command's timeout (the control API allows 60 s)
 DRAIN_GROUPS_SHOWN = 10  # groups named when a drain watch times out
 STATUS_STATE_WAIT_S = 1.0  # status waits this long for the cluster state, then says so
 # What `group_status` shows of each replica when the group has no leader.
@@ -65,12 +65,14 @@ class AgentOps:
         self._fast: FastPath | None = None
 
     def fast(self, op: str, args: dict, ticket: Ticket) -> bool:
-        """The control server's fast path (commands and queries a local leader serves)."""
-        if self._fast is None:
-            if self.agent.router is None:
-                return False
+        """The control server's fast path (commands and queries of a known leader)."""
+        fast = self._fast_path()
+        return fast is not None and fast.take(op, args, ticket)
+
+    def _fast_path(self) -> FastPath | None:
+        if self._fast is None and self.agent.router is not None:
             self._fast = FastPath(self.host, self.agent.router)
-        return self._fast.take(op, args, ticket)
+        return self._fast
 
     # ------------------------------------------------------------ control entry point
 
@@ -577,6 +579,10 @@ class AgentOps:
         for attr in dir(self):
             if attr.startswith("peer_"):
                 rpc.register(attr.removeprefix("peer_"), getattr(self, attr))
+        fast = self._fast_path()
+        if fast is not None:
+            for op in ("command", "query"):
+                rpc.register_fast(op, partial(fast.serve_peer, op))
 
     def greet(self, peer: str) -> None:
         """Tell a newly connected peer where we listen and whom we know."""
@@ -729,7 +735,7 @@ class AgentOps:
 
     async def _serve_routed(self, op: str, args: dict) -> object:
         assert self.agent.router is not None
-        _check_routed_args(op, args)
+        check_routed_args(op, args)
         try:
             return await self.agent.router.serve_locally(op, args)
         except RouteError as e:
@@ -748,21 +754,3 @@ class AgentOps:
         except RaftError as e:
             raise RpcError(getattr(e, "code", "internal"), str(e)) from None
         return True
-
-
-def _check_routed_args(op: str, args: dict) -> None:
-    """A forwarded command/query must look like what `Router` sends; a peer's
-    junk is a `bad_request` answer, not an `internal` one (or a task that waits
-    for a timeout of a billion seconds)."""
-    timeout_s = args.get("timeout_s")
-    problem = None
-    if type(args.get("group")) is not str or "arg" not in args:
-        problem = "needs a string group and an arg"
-    elif type(timeout_s) not in (int, float) or not 0 < timeout_s <= PEER_TIMEOUT_S_MAX:
-        problem = f"timeout_s must be a number in (0, {PEER_TIMEOUT_S_MAX:g}]"
-    elif op == "command" and (
-        type(args.get("client")) is not str or type(args.get("seq")) is not int
-    ):
-        problem = "needs a string client and an integer seq"
-    if problem is not None:
-        raise RpcError("bad_request", f"{op}: {problem}")

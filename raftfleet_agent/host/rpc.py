@@ -4,13 +4,20 @@ Calls ride the same connection as Raft traffic. An unanswered call fails with
 `RpcTimeout` after its deadline (the peer may be gone, or the frame dropped);
 callers that retry must make their operation idempotent (commands carry a
 request id for exactly that reason).
+
+Forwarded commands come by the thousand a second, so both ends also have a
+way without a task: `start_call` sends a call and runs a callback with the
+answer (or the timeout), and a handler registered with `register_fast` may
+take a call and answer it later through a callback.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 import trio
 
@@ -19,6 +26,15 @@ from raftfleet_agent.host import wire
 logger = logging.getLogger("raftfleet.rpc")
 
 Handler = Callable[[str, dict], Awaitable[object]]
+# on_answer(ok, value): value is the result, or the error as the peer sent it
+# ({"code", "message", "details"}; see `as_error`).
+OnAnswer = Callable[[bool, object], None]
+# fast(peer, args, answer) -> True if taken (it then calls answer(ok, value)
+# exactly once); False: the call is served by the task-based handler.
+FastHandler = Callable[[str, dict, OnAnswer], bool]
+
+# Timeouts of calls started without a task are checked at most this often.
+EXPIRY_GRANULARITY_S = 0.05
 
 
 class RpcError(Exception):
@@ -40,6 +56,18 @@ class RpcUnreachable(RpcError):
         super().__init__("unavailable", f"agent {peer} is not connected")
 
 
+def as_error(peer: str, op: str, value: object) -> RpcError:
+    """The RpcError for an error answer (a peer's dict, checked for shape)."""
+    if not isinstance(value, dict):
+        return RpcError("internal", f"{peer} answered {op} with a malformed error")
+    details = value.get("details")
+    return RpcError(
+        str(value.get("code", "internal")),
+        str(value.get("message", "")),
+        details if isinstance(details, dict) else None,
+    )
+
+
 class PeerRpc:
     """Both sides of agent-to-agent calls.
 
@@ -54,9 +82,17 @@ class PeerRpc:
         self._ids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list]] = {}
         self._handlers: dict[str, Callable[[str, dict], Awaitable[object]]] = {}
+        self._fast: dict[str, FastHandler] = {}
+        self._callbacks: dict[int, tuple[str, str, OnAnswer]] = {}  # call id -> peer, op, callback
+        self._deadlines: list[tuple[float, int]] = []  # (deadline, call id), a heap
+        self._expiring = False  # the task that times out callback calls is running
 
     def register(self, op: str, handler: Callable[[str, dict], Awaitable[object]]) -> None:
         self._handlers[op] = handler
+
+    def register_fast(self, op: str, handler: FastHandler) -> None:
+        """Offer `op` to `handler` first; what it declines goes to the `register`ed one."""
+        self._fast[op] = handler
 
     async def call(self, peer: str, op: str, args: dict, timeout_s: float) -> object:
         """Call `op` on `peer`; on cancellation the late answer, if any, is dropped."""
@@ -75,20 +111,73 @@ class PeerRpc:
         ok, value = box[0]
         if ok:
             return value
-        if not isinstance(value, dict):
-            raise RpcError("internal", f"{peer} answered {op} with a malformed error")
-        raise RpcError(
-            str(value.get("code", "internal")),
-            str(value.get("message", "")),
-            value.get("details") if isinstance(value.get("details"), dict) else None,
-        )
+        raise as_error(peer, op, value)
+
+    def start_call(
+        self, peer: str, op: str, args: dict, timeout_s: float, on_answer: OnAnswer
+    ) -> bool:
+        """Call `op` on `peer` without a task; False if it could not be sent.
+
+        `on_answer(ok, value)` runs once, from the trio thread: with the answer,
+        or with a `timeout` error after `timeout_s` (give or take
+        EXPIRY_GRANULARITY_S).
+        """
+        call_id = next(self._ids)
+        if not self._send(peer, wire.encode_call(call_id, op, args)):
+            return False
+        self._callbacks[call_id] = (peer, op, on_answer)
+        heapq.heappush(self._deadlines, (trio.current_time() + timeout_s, call_id))
+        if not self._expiring:
+            self._expiring = True
+            self._nursery.start_soon(self._expire_calls)
+        return True
+
+    async def _expire_calls(self) -> None:
+        """Time out unanswered callback calls; ends when none is pending."""
+        try:
+            deadlines = self._deadlines
+            while deadlines:
+                # Answered calls stay in the heap until their deadline: popping
+                # them then is cheaper than finding them at every answer.
+                await trio.sleep_until(deadlines[0][0] + EXPIRY_GRANULARITY_S)
+                now = trio.current_time()
+                while deadlines and deadlines[0][0] <= now:
+                    pending = self._callbacks.pop(heapq.heappop(deadlines)[1], None)
+                    if pending is not None:
+                        peer, op, on_answer = pending
+                        on_answer(
+                            False, {"code": "timeout", "message": f"no answer from {peer} to {op}"}
+                        )
+        finally:
+            self._expiring = False
 
     def on_call(self, peer: str, fields: list) -> None:
         call_id, op, args = fields
+        fast = self._fast.get(op)
+        if fast is not None and self._try_fast(fast, peer, call_id, op, args):
+            return
         self._nursery.start_soon(self._serve, peer, call_id, op, args)
+
+    def _try_fast(self, fast: FastHandler, peer: str, call_id: int, op: str, args: dict) -> bool:
+        answer = partial(self._answer, peer, call_id)
+        try:
+            return fast(peer, args, answer)
+        except RpcError as e:
+            answer(False, {"code": e.code, "message": str(e), "details": e.details})
+        except Exception as e:
+            logger.exception("peer call %s from %s failed", op, peer)
+            answer(False, {"code": "internal", "message": f"{type(e).__name__}: {e}"})
+        return True
+
+    def _answer(self, peer: str, call_id: int, ok: bool, value: object) -> None:
+        self._send(peer, wire.encode_answer(call_id, ok, value))
 
     def on_answer(self, fields: list) -> None:
         call_id, ok, value = fields
+        pending = self._callbacks.pop(call_id, None)
+        if pending is not None:
+            pending[2](ok, value)
+            return
         waiting = self._waiting.get(call_id)
         if waiting is not None and not waiting[1]:
             waiting[1].append((ok, value))
@@ -105,4 +194,4 @@ class PeerRpc:
         except Exception as e:
             logger.exception("peer call %s from %s failed", op, peer)
             ok, value = False, {"code": "internal", "message": f"{type(e).__name__}: {e}"}
-        self._send(peer, wire.encode_answer(call_id, ok, value))
+        self._answer(peer, call_id, ok, value)

@@ -54,6 +54,13 @@ def test_seed_example_through_every_agent(tmp_path: Path) -> None:
         with pytest.raises(ControlError) as e:
             _cmd(a1, "g1", "bogus")
         assert e.value.code == "invalid_argument"
+        # Forwarded by a follower's agent, the leader's verdict comes back as is.
+        with pytest.raises(ControlError) as e:
+            _cmd(a2, "g1", "bogus")
+        assert e.value.code == "invalid_argument"
+        answered = a3.call("command", group="g1", arg="inc", timeout=15)
+        assert answered == {"group": "g1", "reply": 6, "leader": "a1"}
+        assert a3.call("query", group="g1", arg="get")["reply"] == 7  # type: ignore[index]
         with pytest.raises(ControlError) as e:
             _cmd(a1, "nope", "inc", retries=0)
         assert e.value.code == "unknown_group"
