@@ -340,6 +340,15 @@ def sc_raftfleet_1group(cfg: dict) -> dict:
                 log(f"raftfleet {kind} clients={clients}: {brief(res[f'{kind}_{clients}'])}")
 
         run("write", "command", "inc", cmd)
+        # The same 64 clients on a follower's agent, which forwards to the leader.
+        follower = next(p for p in procs if p is not ldr)
+        res["write_64_via_follower"] = repeat(
+            lambda: measure(
+                framed_specs([follower.sock], 64, "command", "inc", cmd), cfg["window"]
+            ),
+            cfg["reps"],
+        )
+        log(f"raftfleet write clients=64 via a follower: {brief(res['write_64_via_follower'])}")
         if cfg.get("profile"):
             res["profile"] = profile_window(ldr, socks, cmd, cfg)
         run("read", "query", "get", {"timeout_s": 5})
@@ -1057,6 +1066,12 @@ def table(res: dict) -> str:
         ("write 64 clients p50 s", w1.get("clients_64", {}), "p50_s"),
         ("write 64 clients p99 s", w1.get("clients_64", {}), "p99_s"),
         ("write 64 clients p999 s", w1.get("clients_64", {}), "p999_s"),
+        (
+            "write 64 clients via a follower ops/s",
+            w1.get("clients_64_via_follower", {}),
+            "ops_per_s",
+        ),
+        ("write 64 clients via a follower p99 s", w1.get("clients_64_via_follower", {}), "p99_s"),
         ("read 1 client ops/s", r1.get("clients_1", {}), "ops_per_s"),
         ("read 64 clients ops/s", r1.get("clients_64", {}), "ops_per_s"),
         ("read 64 clients p99 s", r1.get("clients_64", {}), "p99_s"),
@@ -1136,6 +1151,8 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   (linearizable read; no request_id). 1 client = one connection, one request in flight.
   64 clients = 64 requests always outstanding: 2 processes x 4 connections x 8 pipelined requests.
   Latency = send to reply, per request; throughput = replies within the window / window.
+  "via a follower": the same 64 clients on a follower's agent, which forwards every command
+  to the leader's agent (what a client that does not know the leader gets).
 - **PySyncObj** ({get(peers64, "pysyncobj.version") or "pysyncobj"}): 3 processes on 127.0.0.31-33 with `bindAddress`, a `@replicated inc`
   counter, `journalFile` on disk; each node serves the same framing on a Unix socket
   (`bench/peer_pysyncobj.py`), so the same load generator drives it with the same
@@ -1285,6 +1302,13 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
         read["clients_64"]["ratio_vs_writes"] = r(
             read["clients_64"]["ops_per_s"] / write["clients_64"]["ops_per_s"], 3
         )
+    via = rf.get("write_64_via_follower")
+    if via:
+        write["clients_64_via_follower"] = dict(via)
+        if write["clients_64"].get("ops_per_s"):
+            write["clients_64_via_follower"]["ratio_vs_leader"] = r(
+                via["ops_per_s"] / write["clients_64"]["ops_per_s"], 3
+            )
     if "profile" in rf:
         write["clients_64"]["profile"] = rf["profile"]
     return write, read
