@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from raftfleet_agent.control.protocol import ControlError
-from raftfleet_agent.fast_ops import FastPath, check_routed_args
+from raftfleet_agent.fast_ops import TRIED_FAST, FastPath, check_routed_args
 from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
@@ -544,6 +544,7 @@ class AgentOps:
             tuple(rid) if rid else None,
             float(args.get("timeout_s") or 0.5),
             int(args.get("retries", 3)),
+            sent=bool(args.get(TRIED_FAST)),
         )
         return {"group": args["group"], "reply": reply, "leader": leader}
 
@@ -556,6 +557,7 @@ class AgentOps:
             float(args.get("timeout_s") or 0.5),
             int(args.get("retries", 3)),
             bool(args.get("stale")),
+            sent=bool(args.get(TRIED_FAST)),
         )
         return {"group": args["group"], "reply": reply, "leader": leader}
 

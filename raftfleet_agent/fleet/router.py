@@ -107,25 +107,34 @@ class Router:
         request_id: tuple[str, int] | None,
         timeout_s: float,
         retries: int,
+        sent: bool = False,
     ) -> tuple[object, str]:
+        """`sent`: an earlier attempt (the fast path's) may have reached a leader."""
         client, seq = request_id or self.new_request_id()
         args = {"group": group, "arg": arg, "client": client, "seq": seq, "timeout_s": timeout_s}
-        return await self._route("command", args, timeout_s, retries)
+        return await self._route("command", args, timeout_s, retries, sent)
 
     async def query(
-        self, group: str, arg: object, timeout_s: float, retries: int, stale: bool
+        self,
+        group: str,
+        arg: object,
+        timeout_s: float,
+        retries: int,
+        stale: bool,
+        sent: bool = False,
     ) -> tuple[object, str]:
         if stale and group in self.host.replicas:
             return _unwrap(self.host.query_stale(group, arg)), self.host.agent
         args = {"group": group, "arg": arg, "timeout_s": timeout_s}
-        return await self._route("query", args, timeout_s, retries)
+        return await self._route("query", args, timeout_s, retries, sent)
 
     async def _route(
-        self, op: str, args: dict, timeout_s: float, retries: int
+        self, op: str, args: dict, timeout_s: float, retries: int, sent: bool
     ) -> tuple[object, str]:
         group = args["group"]
         last = RouteError("no_leader", f"no leader found for {group}")
-        sent = False  # once a request may have reached a leader, its outcome is unknown
+        # Once a request may have reached a leader its outcome is unknown: no
+        # answer may say it was never proposed (unknown_group) after that.
         for attempt in range(retries + 1):
             if attempt:
                 await trio.sleep(RETRY_PAUSE_S * attempt)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from raftfleet_agent.control.protocol import ControlError
-from raftfleet_agent.fast_ops import FastPath
+from raftfleet_agent.fast_ops import TRIED_FAST, FastPath
 from raftfleet_agent.host.rpc import RpcError
 
 
@@ -73,6 +73,7 @@ def test_not_leader_takes_the_hint_and_retries_on_the_normal_path_with_the_same_
     rpc.on_answer(False, {"code": "not_leader", "message": "ask a3", "details": {"leader": "a3"}})
     assert ticket.outcome == [("slow", None)]
     assert leaders == {"g": "a3"} and args["retries"] == 1 and args["request_id"] == ["c", 3]
+    assert args[TRIED_FAST] is True  # the normal path must not call it never proposed
 
 
 @pytest.mark.parametrize("code", ["data_type_error", "invalid_argument", "request_expired"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import types
 
-from raftfleet_agent.fleet.router import Router
+import pytest
+
+from raftfleet_agent.fleet.router import RouteError, Router
 
 
 class FakeRpc:
@@ -45,3 +47,17 @@ async def test_the_highest_term_with_a_leader_wins_and_is_cached() -> None:
     )
     assert await r.find_leader("g") == ("a3", 4)
     assert r.leaders["g"] == "a3"
+
+
+async def test_a_request_an_earlier_attempt_may_have_sent_is_never_called_unknown() -> None:
+    # Seed 7500: a forward whose answer came too late went to the normal path,
+    # which found no leader, no replica anywhere it could reach, and answered
+    # unknown_group (never proposed) for a command that had been applied.
+    nowhere = {"a2": {"leader": None, "term": -1}}
+    r = _router(None, nowhere)
+    with pytest.raises(RouteError) as fresh:
+        await r.command("g", "inc", ("c", 1), 0.2, 0)
+    assert fresh.value.code == "unknown_group"
+    with pytest.raises(RouteError) as tried:
+        await r.command("g", "inc", ("c", 1), 0.2, 0, sent=True)
+    assert tried.value.code == "no_leader"
