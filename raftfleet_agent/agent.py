@@ -117,7 +117,7 @@ class Agent:
             if kind == wire.CALL:
                 self.rpc.on_call(peer, rest)
             else:
-                self.rpc.on_answer(rest)
+                self.rpc.on_answer(peer, rest)
 
     def _heard(self, peer: str) -> None:
         self._last_heard[peer] = trio.current_time()

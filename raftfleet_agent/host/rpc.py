@@ -35,6 +35,8 @@ FastHandler = Callable[[str, dict, OnAnswer], bool]
 
 # Timeouts of calls started without a task are checked at most this often.
 EXPIRY_GRANULARITY_S = 0.05
+# Calls started without a task between two sweeps of the deadline heap.
+SWEEP_EVERY = 4096
 
 
 class RpcError(Exception):
@@ -80,12 +82,13 @@ class PeerRpc:
         self._send = send
         self._nursery = nursery
         self._ids = itertools.count(1)
-        self._waiting: dict[int, tuple[trio.Event, list]] = {}
+        self._waiting: dict[int, tuple[str, trio.Event, list]] = {}  # call id -> peer, ...
         self._handlers: dict[str, Callable[[str, dict], Awaitable[object]]] = {}
         self._fast: dict[str, FastHandler] = {}
         self._callbacks: dict[int, tuple[str, str, OnAnswer]] = {}  # call id -> peer, op, callback
         self._deadlines: list[tuple[float, int]] = []  # (deadline, call id), a heap
         self._expiring = False  # the task that times out callback calls is running
+        self._started_since_sweep = 0
 
     def register(self, op: str, handler: Callable[[str, dict], Awaitable[object]]) -> None:
         self._handlers[op] = handler
@@ -98,7 +101,7 @@ class PeerRpc:
         """Call `op` on `peer`; on cancellation the late answer, if any, is dropped."""
         call_id = next(self._ids)
         done, box = trio.Event(), []
-        self._waiting[call_id] = (done, box)
+        self._waiting[call_id] = (peer, done, box)
         try:
             if not self._send(peer, wire.encode_call(call_id, op, args)):
                 raise RpcUnreachable(peer)
@@ -127,6 +130,9 @@ class PeerRpc:
             return False
         self._callbacks[call_id] = (peer, op, on_answer)
         heapq.heappush(self._deadlines, (trio.current_time() + timeout_s, call_id))
+        self._started_since_sweep += 1
+        if self._started_since_sweep >= SWEEP_EVERY:
+            self._sweep_deadlines()
         if not self._expiring:
             self._expiring = True
             self._nursery.start_soon(self._expire_calls)
@@ -151,6 +157,16 @@ class PeerRpc:
         finally:
             self._expiring = False
 
+    def _sweep_deadlines(self) -> None:
+        """Forget the deadlines of answered calls (as MultiRaftHost._sweep_deadlines).
+
+        Otherwise the heap holds every call of the last timeout: with 60 s
+        timeouts, hundreds of thousands. In place: the expiry task holds it.
+        """
+        self._started_since_sweep = 0
+        self._deadlines[:] = [d for d in self._deadlines if d[1] in self._callbacks]
+        heapq.heapify(self._deadlines)
+
     def on_call(self, peer: str, fields: list) -> None:
         call_id, op, args = fields
         fast = self._fast.get(op)
@@ -172,16 +188,19 @@ class PeerRpc:
     def _answer(self, peer: str, call_id: int, ok: bool, value: object) -> None:
         self._send(peer, wire.encode_answer(call_id, ok, value))
 
-    def on_answer(self, fields: list) -> None:
+    def on_answer(self, peer: str, fields: list) -> None:
+        """An answer from `peer`; only the peer a call went to may answer it."""
         call_id, ok, value = fields
-        pending = self._callbacks.pop(call_id, None)
+        pending = self._callbacks.get(call_id)
         if pending is not None:
-            pending[2](ok, value)
+            if pending[0] == peer:
+                del self._callbacks[call_id]
+                pending[2](ok, value)
             return
         waiting = self._waiting.get(call_id)
-        if waiting is not None and not waiting[1]:
-            waiting[1].append((ok, value))
-            waiting[0].set()
+        if waiting is not None and waiting[0] == peer and not waiting[2]:
+            waiting[2].append((ok, value))
+            waiting[1].set()
 
     async def _serve(self, peer: str, call_id: int, op: str, args: dict) -> None:
         handler = self._handlers.get(op)

@@ -33,7 +33,7 @@ class Link:
         if kind == wire.CALL:
             target.on_call(frm, rest)
         else:
-            target.on_answer(rest)
+            target.on_answer(frm, rest)
 
 
 def _answers() -> tuple[list[tuple[bool, object]], trio.Event, object]:
@@ -138,3 +138,43 @@ async def test_a_call_to_an_unreachable_peer_is_not_started() -> None:
 def test_a_malformed_error_answer_is_internal() -> None:
     assert as_error("b", "op", "junk").code == "internal"
     assert as_error("b", "op", {"code": "x", "details": "junk"}).details == {}
+
+
+async def test_only_the_peer_a_call_went_to_may_answer_it() -> None:
+    async with trio.open_nursery() as n:
+        link = Link(n)
+        held: list = []
+        taken = trio.Event()
+
+        def fast(peer: str, args: dict, answer) -> bool:  # type: ignore[no-untyped-def]
+            held.append(answer)
+            taken.set()
+            return True
+
+        link.b.register_fast("op", fast)
+        got, done, on_answer = _answers()
+        assert link.a.start_call("b", "op", {}, 5.0, on_answer)
+        await taken.wait()
+        call_id = link.sent[0][1][1]
+        link.a.on_answer("c", [call_id, True, "forged by c"])
+        held[0](True, "from b")
+        await done.wait()
+        assert got == [(True, "from b")]
+        n.cancel_scope.cancel()
+
+
+async def test_answered_calls_do_not_pile_up_in_the_deadline_heap(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from raftfleet_agent.host import rpc
+
+    monkeypatch.setattr(rpc, "SWEEP_EVERY", 10)
+    async with trio.open_nursery() as n:
+        link = Link(n)
+        link.b.register_fast("op", lambda peer, args, answer: answer(True, None) or True)
+        for _ in range(25):
+            _got, done, on_answer = _answers()
+            assert link.a.start_call("b", "op", {}, 60.0, on_answer)
+            await done.wait()
+        # Swept at the 10th and 20th call: left are the 20th (in flight when
+        # swept) and the five after it; without sweeps, all 25.
+        assert len(link.a._deadlines) == 6
+        n.cancel_scope.cancel()
