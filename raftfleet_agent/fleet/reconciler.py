@@ -250,14 +250,17 @@ class Reconciler:
         view just ended) may have added that very replica since, and even
         promoted it. Dropping it then is a wiped voter, and two of those cost
         the cluster-state group its majority for good (fault campaign, seed
-        7404). So the leader's membership is read again here, and the drop
-        names the replica, so that a newer one is never the one dropped.
+        7404). So the leader's membership is read again here, from a leader
+        that holds its lease (no other can have been elected meanwhile), and
+        the drop names the replica, so that a newer one is never dropped.
         """
         if not isinstance(existing, list) or len(existing) != 2:
             return  # not named: its agent's own orphan check will deal with it
         status = await self._call(leader, "replica_status", {"group": group})
         if not isinstance(status, dict) or status.get("leader") != leader:
             return
+        if not status.get("lease_valid"):
+            return  # a leader without a lease may be a deposed one that does not know yet
         if tuple(existing) in {m.replica for m in parse_members(status)}:
             return
         await self._call(agent, "drop_replica", {"group": group, "replica": existing})

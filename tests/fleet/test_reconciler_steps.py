@@ -65,8 +65,11 @@ class CrowdedGroup:
     reconciler looks again; `members_planned` what its step was planned from.
     """
 
-    def __init__(self, members_planned: list[str], members_now: list[str]) -> None:
+    def __init__(
+        self, members_planned: list[str], members_now: list[str], lease: bool = True
+    ) -> None:
         self.views = [members_planned, members_now]
+        self.lease = lease
         self.calls: list[tuple[str, str, dict]] = []
 
     async def find_leader(self, _group: str) -> str:
@@ -81,6 +84,7 @@ class CrowdedGroup:
             return {
                 "leader": "a",
                 "leader_s": 60.0,
+                "lease_valid": self.lease,
                 "members": [
                     {"agent": m, "replica_id": [m, 7 if m == "d" else 1], "role": "follower",
                      "contact_ticks": 0}
@@ -123,3 +127,12 @@ async def test_a_plan_that_is_no_longer_ours_stops_before_its_next_step() -> Non
     assert await rec.converge(plan, still_ours=lambda: next(ours, False)) is False
     assert moves == ["leader -> b"]  # the removal of "a" is left to the new owner
     assert g.members == ["a", "b", "c", "d"]
+
+
+async def test_a_leader_without_a_lease_drops_nothing() -> None:
+    # It may have been deposed without knowing it: its membership may be old.
+    g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c"], lease=False)
+    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
+    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
+    assert await rec.converge(plan, max_steps=1) is False
+    assert not [c for c in g.calls if c[1] == "drop_replica"]
