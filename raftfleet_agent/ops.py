@@ -97,16 +97,7 @@ class AgentOps:
     async def op_status(self, args: dict, events: Any) -> object:
         a, st = self.agent, self.host.statistics()
         fleet = a.fleet
-        # Status is what an operator runs when something is wrong: without a
-        # cluster-state leader it must still answer, at once, and say so.
-        cstate, problem = None, None
-        with trio.move_on_after(STATUS_STATE_WAIT_S) as waited:
-            try:
-                cstate = await fleet.state(linearizable=True)
-            except FleetError as e:
-                problem = str(e)
-        if waited.cancelled_caught:
-            problem = f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"
+        cstate, problem = await self._cluster_state_now()
         state, zone = fleet.my_state_in(cstate or fleet.last_known_state())
         replicas, leaders = fleet.local_counts()
         reach = a.transport.reachability()
@@ -172,9 +163,26 @@ class AgentOps:
         except FleetError as e:
             raise ControlError(e.code, str(e)) from None
 
+    async def _cluster_state_now(self) -> tuple[dict | None, str | None]:
+        """(the cluster state read through its leader, None), or (None, why not).
+
+        Status and nodes are what an operator runs when something is wrong:
+        without a cluster-state leader they must still answer, at once, and
+        say so, rather than wait out the router's retries.
+        """
+        with trio.move_on_after(STATUS_STATE_WAIT_S):
+            try:
+                return await self.agent.fleet.state(linearizable=True), None
+            except FleetError as e:
+                return None, str(e)
+        return None, f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"
+
     async def op_nodes(self, args: dict, events: Any) -> object:
-        fleet = self.agent.fleet
-        st = await self._fleet(fleet.state(linearizable=True))
+        st, problem = await self._cluster_state_now()
+        if st is None:
+            st = self.agent.fleet.last_known_state()  # flagged below
+            if st is None:
+                raise ControlError("unavailable", str(problem))
         briefs: dict[str, dict] = {}
 
         async def ask(agent: str) -> None:
@@ -201,6 +209,8 @@ class AgentOps:
                     "purged": info["state"] == "purged",
                 }
             )
+        if problem is not None:
+            return {"nodes": nodes, "state_error": f"{problem}; agents as last seen here"}
         return {"nodes": nodes}
 
     async def op_group_list(self, args: dict, events: Any) -> object:

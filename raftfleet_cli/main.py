@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from raftfleet_cli.failures import FAILED, TIMED_OUT, Failure, describe
-from raftfleet_cli.output import MODES, Output, color_wanted
+from raftfleet_cli.output import MODES, Output, color_wanted, note
 
 if TYPE_CHECKING:
     from raftfleet_cli.client import Address, Client
@@ -316,6 +316,8 @@ def nodes(state: State) -> None:
                 raise
         # An older agent: what its status knows (peers' zones and counts unknown).
         view = nodes_from_status(state.call("status", "nodes"))
+    if view.get("state_error") and not state.out.json:
+        note(f"raftfleet: {view['state_error']}")
     rows = [[node[key] for key in NODE_FIELDS] for node in view["nodes"]]
     _listing(state, view, [key.upper() for key in NODE_FIELDS], rows)
 

@@ -163,7 +163,8 @@ def nodes_view(raw: object) -> dict[str, Any]:
     elif isinstance(items, list | tuple):
         nodes = [_node(None, info) for info in items]
     nodes.sort(key=lambda n: str(n["name"]))
-    return {"nodes": nodes}
+    error = raw.get("state_error") if isinstance(raw, Mapping) else None
+    return {"nodes": nodes, "state_error": error} if isinstance(error, str) else {"nodes": nodes}
 
 
 def nodes_from_status(raw: object) -> dict[str, Any]:

@@ -220,6 +220,20 @@ def test_nodes_in_every_mode(fake_agent: FakeAgent) -> None:
     assert "NAME" in table and "REACHABLE" in table and "draining" in table and "\x1b" not in table
 
 
+def test_nodes_from_a_last_copy_say_so(fake_agent: FakeAgent) -> None:
+    why = "cluster state unreachable: no answer in 1 s; agents as last seen here"
+    fake_agent.answers["nodes"] = {
+        "nodes": [{"name": "a1", "zone": "z1", "state": "active", "address": "10.0.0.1:7100",
+                   "reachable": True, "replicas": 3, "leaders": 2}],
+        "state_error": why,
+    }  # fmt: skip
+    a = ("--addr", fake_agent.addr)
+    ran = run(*a, "nodes")
+    assert ran.code == 0 and "a1" in ran.stdout and why in ran.stderr, ran
+    doc = json.loads(run(*a, "-o", "json", "nodes").stdout)
+    assert doc["state_error"] == why and doc["nodes"][0]["name"] == "a1"
+
+
 def test_nodes_falls_back_to_status_on_an_older_agent(fake_agent: FakeAgent) -> None:
     fake_agent.answers["status"] = {
         "name": "a1", "zone": None, "state": "inactive", "address": "10.0.0.1:7100",

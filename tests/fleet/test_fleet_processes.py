@@ -347,7 +347,9 @@ def test_a_wiped_agent_gets_fresh_replicas(tmp_path: Path) -> None:
         )
 
 
-def test_status_answers_at_once_when_the_cluster_state_has_no_leader(tmp_path: Path) -> None:
+def test_status_and_nodes_answer_at_once_when_the_cluster_state_has_no_leader(
+    tmp_path: Path,
+) -> None:
     with agents(tmp_path, 3, first_octet=171, env=FAST) as procs:
         _activate(procs, ["z1", "z2", "z3"])
         survivor = procs[0]
@@ -372,3 +374,9 @@ def test_status_answers_at_once_when_the_cluster_state_has_no_leader(tmp_path: P
         assert "cluster state unreachable" in st["cluster"]["state_error"], st
         assert st["state"] == "active" and st["zone"] == "z1"  # from the copy it holds
         assert st["cluster"]["leader"] is None
+        # So does nodes: every agent as last seen here, flagged as such.
+        nodes = survivor.call("nodes", timeout=3.0)
+        assert "cluster state unreachable" in nodes["state_error"]
+        assert [(n["name"], n["state"], n["reachable"]) for n in nodes["nodes"]] == [
+            ("a1", "active", True), ("a2", "active", False), ("a3", "active", False),
+        ]  # fmt: skip
