@@ -259,9 +259,12 @@ class Reconciler:
         status = await self._call(leader, "replica_status", {"group": group})
         if not isinstance(status, dict) or status.get("leader") != leader:
             return
-        if not status.get("lease_valid"):
+        members = parse_members(status)
+        voters = [m for m in members if m.role != "learner"]
+        sole = len(voters) == 1 and voters[0].agent == leader  # holds no lease, needs none
+        if not (status.get("lease_valid") or sole):
             return  # a leader without a lease may be a deposed one that does not know yet
-        if tuple(existing) in {m.replica for m in parse_members(status)}:
+        if tuple(existing) in {m.replica for m in members}:
             return
         await self._call(agent, "drop_replica", {"group": group, "replica": existing})
 

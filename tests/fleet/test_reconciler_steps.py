@@ -136,3 +136,14 @@ async def test_a_leader_without_a_lease_drops_nothing() -> None:
     plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
     assert await rec.converge(plan, max_steps=1) is False
     assert not [c for c in g.calls if c[1] == "drop_replica"]
+
+
+async def test_a_sole_voter_needs_no_lease_to_drop() -> None:
+    # A one-replica group (or one just recovered) has no lease to show: its
+    # leader cannot have been deposed by an election it took no part in.
+    g = CrowdedGroup(["a"], ["a"], lease=False)
+    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
+    plan = Plan("g", "counter", ("a", "d"), (), "a")
+    assert await rec.converge(plan, max_steps=1) is False
+    drops = [c for c in g.calls if c[1] == "drop_replica"]
+    assert drops == [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
