@@ -1212,9 +1212,12 @@ class RaftMember:
             or self.commit < self._term_start
         ):
             return False
-        e = self.opts.election_ticks
+        # Answered *this* leader recently: one woken from quiet (its clock was
+        # stopped) must hear from every follower again before it goes quiet, or
+        # a leader whose followers died meanwhile would fall asleep again before
+        # check-quorum could depose it, and lead for ever.
         return all(
-            pr.match == last and not pr.inflight and self._now - pr.last_contact <= e
+            pr.match == last and not pr.inflight and self._answered_recently(pr)
             for pr in self.progress.values()
         )
 
