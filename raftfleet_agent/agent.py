@@ -147,7 +147,15 @@ class Agent:
                         "peer %s silent for %.1f s: treating it as down", peer, now - last
                     )
                     self.host.wake_led_by(peer)
+                    self._wake_leaders_without_quorum()
                     self.fleet.note_peer(peer, False)
+
+    def _wake_leaders_without_quorum(self) -> None:
+        down = {p for p in self.peers.addresses if p in self._silent}
+        down |= {p for p in self.peers.addresses if not self.transport.is_connected(p)}
+        woken = self.host.wake_leaders_without_quorum(down)
+        if woken:
+            logger.warning("%d groups led here lost a majority of reachable voters", woken)
 
     def _on_peer_state(self, peer: str, connected: bool) -> None:
         logger.info("peer %s %s", peer, "connected" if connected else "disconnected")
@@ -160,6 +168,7 @@ class Agent:
             woken = self.host.wake_led_by(peer)
             if woken:
                 logger.info("woke %d quiescent groups led from %s", woken, peer)
+            self._wake_leaders_without_quorum()
 
     # ------------------------------------------------------------ life cycle
 

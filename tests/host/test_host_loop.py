@@ -206,6 +206,28 @@ async def test_idle_groups_quiesce_and_wake(quiet_cluster: Fabric) -> None:
     assert (await new.command("q1", "inc", "c", 2, timeout_s=2)).reply == 1
 
 
+async def test_a_quiet_leader_whose_followers_died_wakes_and_steps_down(
+    quiet_cluster: Fabric,
+) -> None:
+    fabric = quiet_cluster
+    for g in ("x", "y"):
+        await _create(fabric, g)
+    lead = await _leader(fabric, "x")
+    await _until(lambda: all(h.statistics().awake == 0 for h in fabric.hosts.values()))
+    assert lead.replicas["x"].member.is_leader  # quiet, and sure of it
+    others = {a for a in AGENTS if a != lead.agent}
+    one = sorted(others)[0]
+    # One agent down: the groups keep their majority, nothing wakes.
+    assert lead.wake_leaders_without_quorum({one}) == 0
+    assert lead.statistics().awake == 0
+    # Both followers' agents down: the quiet leader wakes, finds no quorum,
+    # and steps down within an election timeout (check-quorum).
+    fabric.cut |= others
+    led_here = sum(1 for r in lead.replicas.values() if r.member.is_leader)
+    assert lead.wake_leaders_without_quorum(others) == led_here >= 1
+    await _until(lambda: not lead.replicas["x"].member.is_leader)
+
+
 async def test_a_refused_change_still_wakes_a_quiet_leader_fully(quiet_cluster: Fabric) -> None:
     # Waking from quiet, a leader counts no follower healthy until it answers
     # the wake-up round, so the first removal asked of a quiet group is
