@@ -429,11 +429,14 @@ class AgentOps:
             if st is None:
                 raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         assert isinstance(st, dict)
-        try:
-            cstate = await self.agent.fleet.state(linearizable=True)
-        except FleetError:
-            cstate = None
-        desired = cs.desired_members(cstate, name) if cstate and name in cstate["groups"] else None
+        cstate, _ = await self._cluster_state_now()  # this may be the group that lost it
+        cstate = cstate or self.agent.fleet.last_known_state()
+        if cstate is None:
+            desired = None
+        elif name == CLUSTER:
+            desired = cs.desired_cluster_voters(cstate)  # and a learner on every other agent
+        else:
+            desired = cs.desired_members(cstate, name) if name in cstate["groups"] else None
         zones = {a: i.get("zone") for a, i in (cstate or {}).get("agents", {}).items()}
         for m in st["members"]:
             m["zone"] = zones.get(m["agent"])
@@ -452,6 +455,10 @@ class AgentOps:
             st["replicas"] = [
                 {k: r.get(k) for k in _REPLICA_VIEW} for r in await self._survey(name)
             ]
+        if name == CLUSTER:
+            voting = {m["agent"] for m in st["members"] if m["role"] != "learner"}
+            st["converged"] = bool(desired) and voting == set(desired or ())
+            return st
         st["converged"] = (
             bool(desired)
             and have == set(desired)

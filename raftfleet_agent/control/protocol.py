@@ -328,6 +328,14 @@ def _group_name(value: object) -> str:
     return name  # type: ignore[return-value]
 
 
+def _any_group_name(value: object) -> str:
+    """A group name, the agents' own included: status and recovery must reach the
+    cluster-state group too (it can lose its majority like any other)."""
+    if isinstance(value, str) and value in RESERVED_GROUP_NAMES:
+        return value
+    return _group_name(value)
+
+
 _agent_name = _named(
     AGENT_NAME_RE, "1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 )
@@ -540,12 +548,12 @@ OPS: Final[Mapping[str, OpSpec]] = types.MappingProxyType(
             ),
             OpSpec("group_delete", (Field("name", _group_name),)),
             OpSpec("group_list"),
-            OpSpec("group_status", (Field("name", _group_name),)),
+            OpSpec("group_status", (Field("name", _any_group_name),)),
             OpSpec("group_transfer", (Field("name", _group_name), Field("agent", _agent_name))),
             OpSpec(
                 "group_recover",
                 (
-                    Field("name", _group_name),
+                    Field("name", _any_group_name),
                     Field("force", _must_be_true("recovery may lose acknowledged writes")),
                 ),
             ),

@@ -410,3 +410,17 @@ def test_hot_ops_agree_with_the_field_table(op: str, data: st.DataObject) -> Non
         )
         return
     assert _same_args(validate_args(op, args, request_id=7), table)
+
+
+def test_only_status_and_recovery_may_name_the_cluster_state_group() -> None:
+    name = "__cluster__"
+    assert validate_args("group_status", {"name": name}) == {"name": name}
+    assert validate_args("group_recover", {"name": name, "force": True})["name"] == name
+    for op, args in (
+        ("group_delete", {"name": name}),
+        ("group_transfer", {"name": name, "agent": "a1"}),
+        ("command", {"group": name, "arg": "x"}),
+    ):
+        with pytest.raises(RequestError) as info:
+            validate_args(op, args)
+        assert info.value.code == "invalid_name", op

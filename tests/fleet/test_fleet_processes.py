@@ -380,3 +380,42 @@ def test_status_and_nodes_answer_at_once_when_the_cluster_state_has_no_leader(
         assert [(n["name"], n["state"], n["reachable"]) for n in nodes["nodes"]] == [
             ("a1", "active", True), ("a2", "active", False), ("a3", "active", False),
         ]  # fmt: skip
+
+
+def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
+    tmp_path: Path,
+) -> None:
+    with agents(tmp_path, 3, first_octet=175, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        a1 = procs[0]
+        wait_for(
+            lambda: a1.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
+            30,
+            "the cluster state on all three agents",
+        )
+        for p in procs[1:]:
+            p.kill()
+        wait_for(lambda: a1.call("status", timeout=3.0)["cluster"]["state_error"], 20, "the loss")
+        st = a1.call("group_status", name="__cluster__", timeout=10)
+        assert st["leader"] is None and st["majority_lost"] is True, st
+        recovered = a1.call("group_recover", name="__cluster__", force=True, timeout=10)
+        assert recovered["recovered_from"] == "a1" and "may be lost" in recovered["warning"]
+        wait_for(
+            lambda: a1.call("status", timeout=3.0)["cluster"]["state_error"] is None,
+            20,
+            "the cluster state readable again",
+        )
+        # The lost agents come back with their old replicas of it: those are
+        # replaced, and the group grows back to three voters.
+        for p in procs[1:]:
+            p.start()
+        wait_for(
+            lambda: a1.call("group_status", name="__cluster__")["converged"],
+            60,
+            "the cluster-state group back on three voters",
+        )
+        members = a1.call("group_status", name="__cluster__")["members"]
+        assert sorted(m["agent"] for m in members if m["role"] != "learner") == ["a1", "a2", "a3"]
+        created = a1.call("group_create", name="after", timeout=30)
+        assert created["leader"] is not None
+        assert procs[2].call("command", group="after", arg="inc")["reply"] == 0

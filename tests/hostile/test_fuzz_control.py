@@ -240,7 +240,8 @@ _ANSWERED: list[tuple[dict, str, str | None]] = [
         None,
     ),
     (
-        {"id": 19, "op": "group_status", "args": {"name": "__cluster__"}},
+        # Status and recovery may name the cluster-state group; nothing else may.
+        {"id": 19, "op": "group_delete", "args": {"name": "__cluster__"}},
         "invalid_name",
         "args.name",
     ),
