@@ -347,19 +347,25 @@ def test_a_wiped_agent_gets_fresh_replicas(tmp_path: Path) -> None:
         )
 
 
+def _lose_the_cluster_state_majority(procs: list[AgentProc]) -> AgentProc:
+    """Activate three agents, then kill two of them: the survivor is returned."""
+    _activate(procs, ["z1", "z2", "z3"])
+    survivor = procs[0]
+    wait_for(
+        lambda: survivor.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
+        30,
+        "the cluster state on all three agents",
+    )
+    for p in procs[1:]:
+        p.kill()
+    return survivor
+
+
 def test_status_and_nodes_answer_at_once_when_the_cluster_state_has_no_leader(
     tmp_path: Path,
 ) -> None:
     with agents(tmp_path, 3, first_octet=171, env=FAST) as procs:
-        _activate(procs, ["z1", "z2", "z3"])
-        survivor = procs[0]
-        wait_for(
-            lambda: survivor.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
-            30,
-            "the cluster state on all three agents",
-        )
-        for p in procs[1:]:
-            p.kill()
+        survivor = _lose_the_cluster_state_majority(procs)
         # Two of three cluster-state voters gone: once the survivor's leadership
         # lapses nothing can be read linearizably; status still answers within
         # the client's usual timeout (every call below), and says why.
@@ -386,15 +392,7 @@ def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
     tmp_path: Path,
 ) -> None:
     with agents(tmp_path, 3, first_octet=175, env=FAST) as procs:
-        _activate(procs, ["z1", "z2", "z3"])
-        a1 = procs[0]
-        wait_for(
-            lambda: a1.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
-            30,
-            "the cluster state on all three agents",
-        )
-        for p in procs[1:]:
-            p.kill()
+        a1 = _lose_the_cluster_state_majority(procs)
         wait_for(lambda: a1.call("status", timeout=3.0)["cluster"]["state_error"], 20, "the loss")
         st = a1.call("group_status", name="__cluster__", timeout=10)
         assert st["leader"] is None and st["majority_lost"] is True, st
