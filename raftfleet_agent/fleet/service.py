@@ -333,18 +333,20 @@ class FleetService:
     async def reconcile_once(self, moves: trio.Nursery, limit: trio.CapacityLimiter) -> None:
         st = self.local_state()
         if st is None:
-            # No cluster-state replica here: nothing to plan. A draining agent
-            # loses that replica early, yet its drain must still finish, and a
-            # replica removed while it was cut off (one that never hears of it)
-            # would hold the drain forever: check them against their groups first.
-            if self.host.replicas.get(CLUSTER) is None:
-                try:
-                    remote = await self.state()
-                except FleetError as e:
-                    self._say_unreachable(e)
-                    return
-                await self._discard_orphans(remote)
-                await self._maybe_drained(remote)
+            # No applied cluster-state replica here (none, or a fresh one never
+            # fed): nothing to plan. A draining agent loses that replica early,
+            # yet its drain must still finish, and a replica removed while it
+            # was cut off (one that never hears of it) would hold the drain
+            # forever: check them against their groups first. (A fresh, empty
+            # cluster-state replica, whose add was cut short by the drain, kept
+            # a wiped agent draining for good: fault campaign, seed 7605.)
+            try:
+                remote = await self.state()
+            except FleetError as e:
+                self._say_unreachable(e)
+                return
+            await self._discard_orphans(remote)
+            await self._maybe_drained(remote)
             return
         due = _sweep_slice_now()
         if due != self._sweep_slice:

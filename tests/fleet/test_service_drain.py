@@ -37,6 +37,32 @@ async def test_orphans_are_checked_before_the_drain_is_reported_without_local_st
     assert calls == [("discard", remote), ("drained?", remote, 0)]
 
 
+async def test_an_empty_cluster_state_replica_does_not_hold_the_drain() -> None:
+    # Seed 7605: a wiped agent got a fresh cluster-state replica, was drained
+    # before it was ever fed, and stayed "draining" with nothing left: the
+    # round saw a replica object, no applied state, and did nothing at all.
+    svc = FleetService.__new__(FleetService)
+    svc.host = SimpleNamespace(replicas={"__cluster__": object()})  # never fed
+    svc.local_state = lambda: None  # type: ignore[method-assign]
+    remote = {"agents": {"a1": {"state": "draining"}}}
+    calls: list[str] = []
+
+    async def state(**_kw: object) -> dict:
+        return remote
+
+    async def discard_orphans(st: dict) -> None:
+        calls.append("discard")
+
+    async def maybe_drained(st: dict) -> None:
+        calls.append("drained?")
+
+    svc.state = state  # type: ignore[method-assign]
+    svc._discard_orphans = discard_orphans  # type: ignore[method-assign]
+    svc._maybe_drained = maybe_drained  # type: ignore[method-assign]
+    await svc.reconcile_once(None, None)  # type: ignore[arg-type]
+    assert calls == ["discard", "drained?"]
+
+
 async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> None:  # type: ignore[no-untyped-def]
     # An agent whose drain cannot finish (no cluster-state replica, no leader
     # reachable) used to say nothing at the default log level.
