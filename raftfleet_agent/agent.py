@@ -151,11 +151,12 @@ class Agent:
                     self.fleet.note_peer(peer, False)
 
     def _wake_leaders_without_quorum(self) -> None:
-        down = {p for p in self.peers.addresses if p in self._silent}
-        down |= {p for p in self.peers.addresses if not self.transport.is_connected(p)}
-        woken = self.host.wake_leaders_without_quorum(down)
+        woken = self.host.wake_leaders_without_quorum(self._reachable_now)
         if woken:
             logger.warning("%d groups led here lost a majority of reachable voters", woken)
+
+    def _reachable_now(self, agent: str) -> bool:
+        return self.transport.is_connected(agent) and agent not in self._silent
 
     def _on_peer_state(self, peer: str, connected: bool) -> None:
         logger.info("peer %s %s", peer, "connected" if connected else "disconnected")

@@ -416,15 +416,15 @@ class MultiRaftHost:
                 woken += 1
         return woken
 
-    def wake_leaders_without_quorum(self, down: set[str]) -> int:
-        """Agents in `down` are unreachable: wake the quiet leaders that lost a quorum.
+    def wake_leaders_without_quorum(self, reachable: Callable[[str], bool]) -> int:
+        """Peers went down: wake the quiet leaders without a quorum of `reachable` voters.
 
         A quiescent leader does not tick, so check-quorum never runs and it
         would lead, and serve the cluster state, for ever after its followers
         died; awake, it steps down within an election timeout and the group
         shows as leaderless (and can be recovered). Only groups with a
-        majority of voters on `down` agents wake: one failed agent in groups
-        of three wakes none, so idle cost does not jump with an outage.
+        majority of voters on unreachable agents wake: one failed agent in
+        groups of three wakes none, so idle cost does not jump with an outage.
         """
         woken = 0
         for g, r in self.replicas.items():
@@ -432,8 +432,8 @@ class MultiRaftHost:
             if not (m.quiescent and m.is_leader):
                 continue
             voters = m.config.voters
-            reachable = sum(1 for v in voters if v.agent not in down)
-            if reachable < len(voters) // 2 + 1:
+            up = sum(1 for v in voters if v.agent == self.agent or reachable(v.agent))
+            if up < len(voters) // 2 + 1:
                 m.wake()
                 self._touch(g)
                 woken += 1
