@@ -625,8 +625,12 @@ class RaftMember:
         return self.log.is_up_to_date(last_index, last_term)
 
     def _handle_removed(self, msg: m.Removed) -> None:
-        # Only believe a member of our own (possibly stale) configuration.
-        if msg.frm in self.config.members and self._was_member:
+        # Only believe a member of our own (possibly stale) configuration, and
+        # only a leader of our term or a later one: a deposed leader that does
+        # not know it yet still holds the configuration from before we were
+        # added, and would have us delete a current voter (fault campaign,
+        # seed 7701: two of four voters gone, one by this notice).
+        if msg.frm in self.config.members and self._was_member and msg.term >= self.term:
             self._mark_removed()
 
     # ------------------------------------------------------------ elections

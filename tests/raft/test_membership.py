@@ -246,3 +246,30 @@ def test_a_new_leader_does_not_promote_a_learner_it_never_heard_from() -> None:
     with pytest.raises(MembershipError) as err:
         c[B].change_membership(ConfOp.PROMOTE, D)
     assert err.value.code == "learner_unresponsive"
+
+
+def test_a_deposed_leaders_removal_notice_does_not_remove_a_newer_voter() -> None:
+    # Fault campaign, seed 7701: a leader cut off from the group kept its old
+    # configuration; a voter added after it was deposed wrote to it, heard
+    # "Removed", believed it and deleted itself. With another voter's disk
+    # wiped, the group was left with 2 of its 4 voters. A notice is only
+    # believed from a term at least our own: the deposed leader's is older.
+    c = Cluster(rng_seed=3)
+    c.elect(A)
+    c.isolate(A)
+    c.run(40)  # B and C elect one of them once A's lease is over
+    new = next(r for r in (B, C) if c[r].role is Role.LEADER)
+    c.add_replica(D)
+    c[new].change_membership(ConfOp.ADD_LEARNER, D)
+    c.run(4)
+    c[new].change_membership(ConfOp.PROMOTE, D)
+    c.run(4)
+    assert D in c[new].config.voters and c[D].term == c[new].term > c[A].term
+    assert D not in c[A].config.members  # A never heard of D
+    # What A says the moment it hears from D, if it still believes it leads
+    # (a resumed pause, before check-quorum deposes it):
+    c.inject(m.Removed(frm=A, to=D, term=c[A].term))
+    assert not c.replicas[D].gone and not c[D].removed
+    # The leader of the current term is believed (the notice a removed replica gets).
+    c.inject(m.Removed(frm=new, to=D, term=c[new].term))
+    assert c.replicas[D].gone
