@@ -61,6 +61,22 @@ class SafetyChecker:
                     f"(term {known[0]}); its term there: {mem.log.term_at(idx)}"
                 )
 
+    def check_removal(self, gone: RaftMember, others: list[RaftMember]) -> None:
+        """A replica leaves only when the newest configuration anyone holds leaves it out.
+
+        (A deposed leader's stale notice once removed a voter added after it;
+        replica ids are never reused here, so no later re-add can excuse it.)
+        """
+        newest = max(
+            (m for m in (gone, *others)),
+            key=lambda m: (m.config_index, m.log.term_at(m.config_index) or 0),
+        )
+        if gone.id in newest.config.members:
+            self.fail(
+                f"{gone.id} removed itself, but the newest configuration (index "
+                f"{newest.config_index}, held by {newest.id}) still has it"
+            )
+
     def check_commit(self, mem: RaftMember, previous: int) -> None:
         if mem.commit < previous:
             self.fail(f"{mem.id}: commit went back from {previous} to {mem.commit}")

@@ -165,6 +165,7 @@ class Simulation:
             seed=self.rng.getrandbits(32),
             on_apply=self._on_apply,
             on_read=self._on_read,
+            on_removed=self._on_removed,
             send=self._send,
             compact_every=self.rng.choice([5, 20, 1000]),
         )
@@ -440,6 +441,10 @@ class Simulation:
             self.check.on_ack(rid, reply)
             self.log(f"ack {rid} -> {reply} at {e.index}")
             c.op, c.guess = None, node.id
+
+    def _on_removed(self, node: SimNode, gone: RaftMember) -> None:
+        others = [n.member for n in self.nodes.values() if n is not node and n.member is not None]
+        self.check.check_removal(gone, others)
 
     def _on_read(self, node: SimNode, r: PendingRead) -> None:
         name, seq = r.state.ctx  # type: ignore[misc]

@@ -97,6 +97,7 @@ class SimNode:
         on_read: Callable[[SimNode, PendingRead], None],
         send: Callable[[Message], None],
         compact_every: int,
+        on_removed: Callable[[SimNode, RaftMember], None] | None = None,
     ) -> None:
         self.id = replica
         self.factory = factory
@@ -109,6 +110,7 @@ class SimNode:
         self.reads: list[PendingRead] = []
         self.on_apply = on_apply
         self.on_read = on_read
+        self.on_removed = on_removed
         self.send = send
         self.compact_every = compact_every
         self.skip_tick_until = 0
@@ -194,6 +196,8 @@ class SimNode:
         m.advance(rd)
         self._answer_reads()
         if rd.removed:
+            if self.on_removed is not None:
+                self.on_removed(self, m)
             self.gone = True
             self.member = None
             return
