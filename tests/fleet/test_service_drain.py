@@ -5,17 +5,31 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from raftfleet_agent.fleet.service import FleetError, FleetService
 
 
-async def test_orphans_are_checked_before_the_drain_is_reported_without_local_state() -> None:
-    # Found by the fault campaign (seed 7002): a draining agent lost its
-    # cluster-state replica early, then a replica of another group was removed
-    # while its links were cut, and it never heard of it. The round without
-    # local state only asked "do I host nothing?" — never, so it stayed
-    # draining. It must check its replicas against their groups first.
+@pytest.mark.parametrize(
+    "here",
+    [
+        # Seed 7002: a draining agent lost its cluster-state replica early,
+        # then a replica of another group was removed while its links were
+        # cut, and it never heard of it. The round without local state only
+        # asked "do I host nothing?" — never, so it stayed draining.
+        {"g": "stale replica of another group"},
+        # Seed 7605: a wiped agent got a fresh cluster-state replica, was
+        # drained before it was ever fed, and stayed draining with nothing
+        # left: the round saw a replica object, no applied state, did nothing.
+        {"__cluster__": "never fed"},
+    ],
+    ids=["no cluster-state replica", "an empty one"],
+)
+async def test_orphans_are_checked_before_the_drain_is_reported_without_local_state(
+    here: dict,
+) -> None:
     svc = FleetService.__new__(FleetService)
-    svc.host = SimpleNamespace(replicas={"g": object()})  # no "__cluster__" replica
+    svc.host = SimpleNamespace(replicas=dict(here))
     svc.local_state = lambda: None  # type: ignore[method-assign]
     remote = {"agents": {"a3": {"state": "draining"}}}
     calls: list[tuple] = []
@@ -25,7 +39,7 @@ async def test_orphans_are_checked_before_the_drain_is_reported_without_local_st
 
     async def discard_orphans(st: dict) -> None:
         calls.append(("discard", st))
-        svc.host.replicas.clear()  # the stale replica was not in its group any more
+        svc.host.replicas.clear()  # not in their groups any more
 
     async def maybe_drained(st: dict) -> None:
         calls.append(("drained?", st, len(svc.host.replicas)))
@@ -35,32 +49,6 @@ async def test_orphans_are_checked_before_the_drain_is_reported_without_local_st
     svc._maybe_drained = maybe_drained  # type: ignore[method-assign]
     await svc.reconcile_once(None, None)  # type: ignore[arg-type]
     assert calls == [("discard", remote), ("drained?", remote, 0)]
-
-
-async def test_an_empty_cluster_state_replica_does_not_hold_the_drain() -> None:
-    # Seed 7605: a wiped agent got a fresh cluster-state replica, was drained
-    # before it was ever fed, and stayed "draining" with nothing left: the
-    # round saw a replica object, no applied state, and did nothing at all.
-    svc = FleetService.__new__(FleetService)
-    svc.host = SimpleNamespace(replicas={"__cluster__": object()})  # never fed
-    svc.local_state = lambda: None  # type: ignore[method-assign]
-    remote = {"agents": {"a1": {"state": "draining"}}}
-    calls: list[str] = []
-
-    async def state(**_kw: object) -> dict:
-        return remote
-
-    async def discard_orphans(st: dict) -> None:
-        calls.append("discard")
-
-    async def maybe_drained(st: dict) -> None:
-        calls.append("drained?")
-
-    svc.state = state  # type: ignore[method-assign]
-    svc._discard_orphans = discard_orphans  # type: ignore[method-assign]
-    svc._maybe_drained = maybe_drained  # type: ignore[method-assign]
-    await svc.reconcile_once(None, None)  # type: ignore[arg-type]
-    assert calls == ["discard", "drained?"]
 
 
 async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> None:  # type: ignore[no-untyped-def]
