@@ -66,6 +66,7 @@ class Agent:
             tick_interval_s=config.tick_interval_s,
             snapshot_every=config.snapshot_every_entries,
         )
+        self.host.reachable = self._reachable_now
         self.transport = PeerTransport(
             name=config.name,
             cluster=self.identity.cluster_id,
@@ -151,7 +152,7 @@ class Agent:
                     self.fleet.note_peer(peer, False)
 
     def _wake_leaders_without_quorum(self) -> None:
-        woken = self.host.wake_leaders_without_quorum(self._reachable_now)
+        woken = self.host.wake_leaders_without_quorum()
         if woken:
             logger.warning("%d groups led here lost a majority of reachable voters", woken)
 

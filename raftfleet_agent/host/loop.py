@@ -127,6 +127,9 @@ class MultiRaftHost:
         self._in_flight = 0
         self._turns = self._batches = self._entries = 0
         self._sent = self._received = self._dropped = 0
+        # Whether a peer agent can be reached now (the agent sets it from its
+        # transport): a quiet leader must not lead on without a quorum of them.
+        self.reachable: Callable[[str], bool] = lambda _agent: True
         self.on_leader_change: Callable[[str, ReplicaId | None], None] | None = None
         self.on_replica_stopped: Callable[[str], None] | None = None
         self.metrics = HostMetrics()
@@ -237,6 +240,11 @@ class MultiRaftHost:
             r.member.tick()
             self._dirty.add(g)
             if r.member.quiescent:
+                if r.member.is_leader and not self._quorum_reachable(r.member):
+                    # Its followers died just before it fell quiet (it had heard
+                    # from them recently): keep it awake, so check-quorum runs.
+                    r.member.wake()
+                    continue
                 self._awake.discard(g)
 
     def _gather(self) -> None:
@@ -416,8 +424,13 @@ class MultiRaftHost:
                 woken += 1
         return woken
 
-    def wake_leaders_without_quorum(self, reachable: Callable[[str], bool]) -> int:
-        """Peers went down: wake the quiet leaders without a quorum of `reachable` voters.
+    def _quorum_reachable(self, m: RaftMember) -> bool:
+        voters = m.config.voters
+        up = sum(1 for v in voters if v.agent == self.agent or self.reachable(v.agent))
+        return up >= len(voters) // 2 + 1
+
+    def wake_leaders_without_quorum(self) -> int:
+        """Peers went down: wake the quiet leaders without a quorum of reachable voters.
 
         A quiescent leader does not tick, so check-quorum never runs and it
         would lead, and serve the cluster state, for ever after its followers
@@ -425,15 +438,12 @@ class MultiRaftHost:
         shows as leaderless (and can be recovered). Only groups with a
         majority of voters on unreachable agents wake: one failed agent in
         groups of three wakes none, so idle cost does not jump with an outage.
+        A leader still awake then is kept from falling quiet (`_tick_awake`).
         """
         woken = 0
         for g, r in self.replicas.items():
             m = r.member
-            if not (m.quiescent and m.is_leader):
-                continue
-            voters = m.config.voters
-            up = sum(1 for v in voters if v.agent == self.agent or reachable(v.agent))
-            if up < len(voters) // 2 + 1:
+            if m.quiescent and m.is_leader and not self._quorum_reachable(m):
                 m.wake()
                 self._touch(g)
                 woken += 1

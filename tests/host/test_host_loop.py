@@ -218,14 +218,33 @@ async def test_a_quiet_leader_whose_followers_died_wakes_and_steps_down(
     others = {a for a in AGENTS if a != lead.agent}
     one = sorted(others)[0]
     # One agent down: the groups keep their majority, nothing wakes.
-    assert lead.wake_leaders_without_quorum(lambda agent: agent != one) == 0
+    lead.reachable = lambda agent: agent != one
+    assert lead.wake_leaders_without_quorum() == 0
     assert lead.statistics().awake == 0
     # Both followers' agents down: the quiet leader wakes, finds no quorum,
     # and steps down within an election timeout (check-quorum).
     fabric.cut |= others
     led_here = sum(1 for r in lead.replicas.values() if r.member.is_leader)
-    assert lead.wake_leaders_without_quorum(lambda agent: agent not in others) == led_here >= 1
+    lead.reachable = lambda agent: agent not in others
+    assert lead.wake_leaders_without_quorum() == led_here >= 1
     await _until(lambda: not lead.replicas["x"].member.is_leader)
+
+
+async def test_a_leader_whose_followers_die_as_it_falls_quiet_does_not(
+    quiet_cluster: Fabric,
+) -> None:
+    # It heard from them a moment ago, so it may go quiet within an election
+    # timeout of their death; the agent's wake-up came while it was still
+    # awake. Quiet, it would lead for ever: the loop keeps it awake instead,
+    # and check-quorum deposes it.
+    fabric = quiet_cluster
+    await _create(fabric, "z")
+    lead = await _leader(fabric, "z")
+    assert (await lead.command("z", "inc", "c", 1, timeout_s=2)).reply == 0
+    others = {a for a in AGENTS if a != lead.agent}
+    fabric.cut |= others
+    lead.reachable = lambda agent: agent not in others
+    await _until(lambda: not lead.replicas["z"].member.is_leader)
 
 
 async def test_a_refused_change_still_wakes_a_quiet_leader_fully(quiet_cluster: Fabric) -> None:
