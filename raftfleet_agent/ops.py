@@ -137,6 +137,7 @@ class AgentOps:
             "store": "memory" if a.config.in_memory else a.config.data_dir,
             "loop": {
                 "turns": st.turns,
+                "awake": st.awake,
                 "store_batches": st.store_batches,
                 "entries_written": st.entries_written,
                 "messages_sent": st.messages_sent,
