@@ -200,8 +200,12 @@ class Reconciler:
                 await self._change(leader, plan.group, "remove", m.replica)
                 return f"remove {m.agent}"
         for m in members:
-            if m.voter and m.agent in plan.learners and m.agent != leader:
-                # A voter that should only learn (the cluster group shrinking).
+            if complete and m.voter and m.agent in plan.learners and m.agent != leader:
+                # A voter that should only learn (the cluster group shrinking),
+                # once every desired voter is in: with one of those missing (an
+                # agent down, not yet purged) this shrank the cluster-state group
+                # to two voters, and one wiped disk later it had no majority
+                # (fault campaign, seed 7815).
                 await self._change(leader, plan.group, "remove", m.replica)
                 return f"remove {m.agent}"
         return DEFERRED if deferred else None

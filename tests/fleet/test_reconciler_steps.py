@@ -147,3 +147,19 @@ async def test_a_sole_voter_needs_no_lease_to_drop() -> None:
     assert await rec.converge(plan, max_steps=1) is False
     drops = [c for c in g.calls if c[1] == "drop_replica"]
     assert drops == [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
+
+
+async def test_voters_become_learners_only_once_every_desired_voter_is_in() -> None:
+    # Seed 7815: the cluster-state group's plan wanted voters {a, b, e} and
+    # learners {c, d}; e was down, so it could not be added, yet c and d were
+    # removed as voters at once: two voters left, and a wiped disk took the
+    # majority. Make before break holds here too.
+    g = FakeGroup(["a", "b", "c", "d"], leader="a", election_lookups=0)
+    moves: list[str] = []
+    rec = Reconciler(
+        g.call, g.find_leader, lambda: 2, lambda _g, step: moves.append(step),
+        reachable=lambda agent: agent != "e",
+    )  # fmt: skip
+    plan = Plan("__cluster__", "cluster", ("a", "b", "e"), ("c", "d"), "a")
+    await rec.converge(plan, max_steps=5)
+    assert moves == [] and g.members == ["a", "b", "c", "d"]
