@@ -98,24 +98,40 @@ class CrowdedGroup:
         raise AssertionError(op)
 
 
+async def _drops(g: CrowdedGroup, agents: tuple[str, ...], max_steps: int) -> tuple[bool, list]:
+    """Converge a plan over `agents` (led by "a"); (settled, drop_replica calls)."""
+    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
+    settled = await rec.converge(Plan("g", "counter", agents, (), "a"), max_steps=max_steps)
+    return settled, [c for c in g.calls if c[1] == "drop_replica"]
+
+
+DROP_D7 = [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
+
+
 async def test_a_replica_the_group_counts_is_not_dropped_for_a_stale_plan() -> None:
     # Seed 7404: a reconciler planning from an older membership asked "d" to
     # host a new replica, heard "already exists", and dropped the one there,
     # a voter promoted a moment before by another reconciler.
     g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c", "d"])
-    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
-    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
-    assert await rec.converge(plan, max_steps=3) is True
-    assert not [c for c in g.calls if c[1] == "drop_replica"]
+    assert await _drops(g, ("a", "b", "c", "d"), 3) == (True, [])
 
 
 async def test_a_replica_the_group_does_not_count_is_dropped_by_name() -> None:
     g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c"])
-    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
-    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
-    assert await rec.converge(plan, max_steps=1) is False
-    drops = [c for c in g.calls if c[1] == "drop_replica"]
-    assert drops == [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
+    assert await _drops(g, ("a", "b", "c", "d"), 1) == (False, DROP_D7)
+
+
+async def test_a_leader_without_a_lease_drops_nothing() -> None:
+    # It may have been deposed without knowing it: its membership may be old.
+    g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c"], lease=False)
+    assert await _drops(g, ("a", "b", "c", "d"), 1) == (False, [])
+
+
+async def test_a_sole_voter_needs_no_lease_to_drop() -> None:
+    # A one-replica group (or one just recovered) has no lease to show: its
+    # leader cannot have been deposed by an election it took no part in.
+    g = CrowdedGroup(["a"], ["a"], lease=False)
+    assert await _drops(g, ("a", "d"), 1) == (False, DROP_D7)
 
 
 async def test_a_plan_that_is_no_longer_ours_stops_before_its_next_step() -> None:
@@ -127,26 +143,6 @@ async def test_a_plan_that_is_no_longer_ours_stops_before_its_next_step() -> Non
     assert await rec.converge(plan, still_ours=lambda: next(ours, False)) is False
     assert moves == ["leader -> b"]  # the removal of "a" is left to the new owner
     assert g.members == ["a", "b", "c", "d"]
-
-
-async def test_a_leader_without_a_lease_drops_nothing() -> None:
-    # It may have been deposed without knowing it: its membership may be old.
-    g = CrowdedGroup(["a", "b", "c"], ["a", "b", "c"], lease=False)
-    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
-    plan = Plan("g", "counter", ("a", "b", "c", "d"), (), "a")
-    assert await rec.converge(plan, max_steps=1) is False
-    assert not [c for c in g.calls if c[1] == "drop_replica"]
-
-
-async def test_a_sole_voter_needs_no_lease_to_drop() -> None:
-    # A one-replica group (or one just recovered) has no lease to show: its
-    # leader cannot have been deposed by an election it took no part in.
-    g = CrowdedGroup(["a"], ["a"], lease=False)
-    rec = Reconciler(g.call, g.find_leader, lambda: 9, lambda _g, _s: None)
-    plan = Plan("g", "counter", ("a", "d"), (), "a")
-    assert await rec.converge(plan, max_steps=1) is False
-    drops = [c for c in g.calls if c[1] == "drop_replica"]
-    assert drops == [("d", "drop_replica", {"group": "g", "replica": ["d", 7]})]
 
 
 async def test_voters_become_learners_only_once_every_desired_voter_is_in() -> None:
