@@ -52,6 +52,7 @@ from raftfleet_agent.raft.errors import RaftError
 from raftfleet_agent.raft.member import RaftMember, RaftOptions
 from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.messages import Message
+from raftfleet_agent.raft.quorum import quorum_size
 from raftfleet_agent.raft.ready import Ready
 from raftfleet_agent.raft.types import Config, ReplicaId
 from raftfleet_agent.statemachine import Applier, ApplyResult, SnapshotError, encode_command
@@ -427,7 +428,7 @@ class MultiRaftHost:
     def _quorum_reachable(self, m: RaftMember) -> bool:
         voters = m.config.voters
         up = sum(1 for v in voters if v.agent == self.agent or self.reachable(v.agent))
-        return up >= len(voters) // 2 + 1
+        return up >= quorum_size(len(voters))
 
     def wake_leaders_without_quorum(self) -> int:
         """Peers went down: wake the quiet leaders without a quorum of reachable voters.
