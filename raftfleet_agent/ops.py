@@ -98,7 +98,7 @@ class AgentOps:
         a, st = self.agent, self.host.statistics()
         fleet = a.fleet
         cstate, problem = await self._cluster_state_now()
-        state, zone = fleet.my_state_in(cstate or fleet.last_known_state())
+        state, zone = fleet.my_state_in(cstate)
         replicas, leaders = fleet.local_counts()
         reach = a.transport.reachability()
         cluster_leader = self.agent.router.leaders.get(CLUSTER) if self.agent.router else None
@@ -165,25 +165,26 @@ class AgentOps:
             raise ControlError(e.code, str(e)) from None
 
     async def _cluster_state_now(self) -> tuple[dict | None, str | None]:
-        """(the cluster state read through its leader, None), or (None, why not).
+        """(the cluster state read through its leader, None), or (the last copy
+        seen here, possibly None, and why it is not fresh).
 
         Status and nodes are what an operator runs when something is wrong:
         without a cluster-state leader they must still answer, at once, and
         say so, rather than wait out the router's retries.
         """
+        fleet = self.agent.fleet
         with trio.move_on_after(STATUS_STATE_WAIT_S):
             try:
-                return await self.agent.fleet.state(linearizable=True), None
+                return await fleet.state(linearizable=True), None
             except FleetError as e:
-                return None, str(e)
-        return None, f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"
+                return fleet.last_known_state(), str(e)
+        why = f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"
+        return fleet.last_known_state(), why
 
     async def op_nodes(self, args: dict, events: Any) -> object:
-        st, problem = await self._cluster_state_now()
+        st, problem = await self._cluster_state_now()  # a copy is flagged below
         if st is None:
-            st = self.agent.fleet.last_known_state()  # flagged below
-            if st is None:
-                raise ControlError("unavailable", str(problem))
+            raise ControlError("unavailable", str(problem))
         briefs: dict[str, dict] = {}
 
         async def ask(agent: str) -> None:
@@ -431,7 +432,6 @@ class AgentOps:
                 raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         assert isinstance(st, dict)
         cstate, _ = await self._cluster_state_now()  # this may be the group that lost it
-        cstate = cstate or self.agent.fleet.last_known_state()
         if cstate is None:
             desired = None
         elif name == CLUSTER:
