@@ -270,41 +270,71 @@ def _activate(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
     return {"state": ACTIVE, "zone": zone}
 
 
+def _keep_replicas(arg: list[Any]) -> bool:
+    """The optional 4th argument of deactivate and purge (False when absent)."""
+    keep_replicas = arg[3] if len(arg) == 4 else False
+    if type(keep_replicas) is not bool:
+        raise _fail(INVALID_ARGUMENT, f"keep_replicas must be a boolean, got {_show(arg[3])}")
+    return keep_replicas
+
+
 def _deactivate(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
     # The 4th argument (`keep_replicas`) came later: entries written before it
     # (3 arguments) must apply as they always did, unchecked.
     _arity(arg, 3, 4)
     now = _now(arg[2])
-    keep_replicas = arg[3] if len(arg) == 4 else False
-    if type(keep_replicas) is not bool:
-        raise _fail(INVALID_ARGUMENT, f"keep_replicas must be a boolean, got {_show(arg[3])}")
+    keep_replicas = _keep_replicas(arg)
     agent = _agent_in(state, arg[1], ACTIVE, NOT_ACTIVE)
     if keep_replicas:
-        _refuse_if_groups_shrink(state, arg[1])
+        _refuse_if_groups_shrink(
+            state,
+            arg[1],
+            f"taking {arg[1]!r} out",
+            "activate another agent first, or force it and let those groups shrink",
+        )
     # The zone is kept for the operator's view; placement ignores it now.
     agent.update(state=DRAINING, since_ms=now)
     state["version"] += 1
     return {"state": DRAINING}
 
 
-def _refuse_if_groups_shrink(state: dict[str, Any], leaving: str) -> None:
-    """Refuse to take `leaving` out of placement if a group would lose a replica.
+def groups_short_without(state: dict[str, Any], leaving: str, left: int | None = None) -> list[str]:
+    """The groups (sorted) that need more agents than are left without `leaving`.
 
     Placement puts each group on min(replicas, active agents) agents: with
     too few active agents left a group shrinks (3 voters to 2 tolerates no
-    failure at all). Checked here, in the replicated state, so two drains
-    started at once cannot both pass.
+    failure at all). `left` overrides the count of active agents left (an
+    agent that also knows which of them it can reach passes that count).
     """
-    left = sum(1 for n, a in state["agents"].items() if a["state"] == ACTIVE and n != leaving)
-    short = sorted(g for g, rec in state["groups"].items() if rec["replicas"] > left)
+    if left is None:
+        left = active_left_without(state, leaving)
+    return sorted(g for g, rec in state["groups"].items() if rec["replicas"] > left)
+
+
+def active_left_without(state: dict[str, Any], leaving: str) -> int:
+    """How many active agents there are besides `leaving`."""
+    return sum(1 for n, a in state["agents"].items() if a["state"] == ACTIVE and n != leaving)
+
+
+def too_few_agents_text(what: str, left: int, short: list[str]) -> str:
+    """The refusal's message: `what` ("taking 'a1' out") leaves `left` agents, `short` groups."""
+    shown = ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+    return (
+        f"{what} leaves {left} active agent(s), fewer than the replicas "
+        f"of {len(short)} group(s) ({shown})"
+    )
+
+
+def _refuse_if_groups_shrink(state: dict[str, Any], leaving: str, what: str, then: str) -> None:
+    """Refuse to take `leaving` out of placement if a group would lose a replica.
+
+    Checked here, in the replicated state, so two drains (or a drain and a
+    purge) started at once cannot both pass.
+    """
+    short = groups_short_without(state, leaving)
     if short:
-        shown = ", ".join(short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
-        raise _fail(
-            TOO_FEW_AGENTS,
-            f"taking {leaving!r} out leaves {left} active agent(s), fewer than the replicas "
-            f"of {len(short)} group(s) ({shown}); activate another agent first, or force "
-            "it and let those groups shrink",
-        )
+        left = active_left_without(state, leaving)
+        raise _fail(TOO_FEW_AGENTS, f"{too_few_agents_text(what, left, short)}; {then}")
 
 
 def _drained(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
@@ -335,11 +365,21 @@ def _drop_pending(state: dict[str, Any], agent: str) -> list[str]:
 
 
 def _purge(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
-    _arity(arg, 3)
+    # As with deactivate, the 4th argument (`keep_replicas`) came later: the
+    # 3-argument form applies unchecked, as entries written before it did.
+    _arity(arg, 3, 4)
     now = _now(arg[2])
+    keep_replicas = _keep_replicas(arg)
     name, agent = _known_agent(state, arg[1])
     if agent["state"] == PURGED:
         return {"purged": False, "released": []}  # idempotent: several agents may purge
+    if keep_replicas and agent["state"] == ACTIVE:
+        # A dead agent's replicas stay members (under-replicated groups keep
+        # their size) until there is somewhere to rebuild them: CockroachDB
+        # keeps a dead node's ranges rather than shrink them to two replicas.
+        _refuse_if_groups_shrink(
+            state, name, f"purging {name!r}", "it stays in placement until another agent is active"
+        )
     # The record stays (state "purged"), so a later register of the same
     # agent is recognised and its history kept for the operator.
     agent.update(state=PURGED, since_ms=now)
@@ -439,7 +479,7 @@ _COMMANDS: Final = {
 _COMMAND_FORMS: Final = (
     '["register", agent, address, node_id, now_ms], ["activate", agent, zone, now_ms], '
     '["deactivate", agent, now_ms(, keep_replicas)], ["drained", agent, now_ms], '
-    '["purge", agent, now_ms], '
+    '["purge", agent, now_ms(, keep_replicas)], '
     '["add_group", name, replicas, type, now_ms], ["remove_group", name, now_ms], '
     '["cleaned", agent, name, now_ms(, generation)]'
 )

@@ -110,6 +110,7 @@ class FleetService:
         self._layout_changes = 0
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
+        self._held_said: dict[str, float] = {}  # agent -> when we last said its purge is held
 
     # ------------------------------------------------------------ cluster state
 
@@ -250,8 +251,33 @@ class FleetService:
         before the check look like.
         """
         command = ["deactivate", self.name, now_ms()]
+        if not force:
+            self._refuse_if_unreachable_capacity(await self.state())
         await self.propose(command if force else [*command, True])
         return {"name": self.name, "state": "draining"}
+
+    def _refuse_if_unreachable_capacity(self, st: dict) -> None:
+        """Refuse a drain that counts on agents we cannot reach.
+
+        The replicated check counts every active agent; one that is down
+        but not yet purged would be the place this agent's replicas go, and
+        once it is purged they would have nowhere (fault campaign, seed 7815).
+        """
+        down = sorted(
+            n
+            for n, a in st["agents"].items()
+            if a["state"] == "active" and n != self.name and not self._reachable(n)
+        )
+        left = self._reachable_active_left(st, self.name)
+        short = cs.groups_short_without(st, self.name, left)
+        if not down or not short:
+            return  # with everyone reachable, the replicated check says it all
+        text = cs.too_few_agents_text(f"taking {self.name!r} out", left, short)
+        raise FleetError(
+            cs.TOO_FEW_AGENTS,
+            f"{text} that can be reached ({', '.join(down)} active but unreachable from "
+            "here); bring them back or activate another agent first, or force it",
+        )
 
     async def my_state(self) -> tuple[str, str | None]:
         """("inactive"|"activating"|"active"|"draining", zone) of this agent."""
@@ -499,9 +525,42 @@ class FleetService:
         for name, info in sorted(st["agents"].items()):
             if name == self.name or info["state"] not in ("active", "draining"):
                 continue
-            if gone.get(name, 0) > window:
-                logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
-                try:
-                    await self.propose(["purge", name, now_ms()])
-                except FleetError as e:
-                    logger.info("purge %s: %s", name, e)
+            if gone.get(name, 0) <= window:
+                continue
+            held = self._purge_held(st, name) if info["state"] == "active" else None
+            if held is not None:
+                away = f"unreachable for {gone[name]:.0f} s"
+                self._say_held(name, f"not purging {name} ({away}): {held}")
+                continue
+            logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
+            try:
+                await self.propose(["purge", name, now_ms(), True])
+            except FleetError as e:
+                logger.info("purge %s: %s", name, e)
+
+    def _purge_held(self, st: dict, name: str) -> str | None:
+        """Why purging `name` now would shrink groups (None: it would not).
+
+        Counted over the active agents we can reach: purging one dead agent
+        must not count another dead one as the place its replicas go.
+        """
+        left = self._reachable_active_left(st, name)
+        short = cs.groups_short_without(st, name, left)
+        if not short:
+            return None
+        text = cs.too_few_agents_text(f"purging {name!r}", left, short)
+        return f"{text} that can be reached; it stays in placement until another agent is active"
+
+    def _reachable_active_left(self, st: dict, leaving: str) -> int:
+        return sum(
+            1
+            for n, a in st["agents"].items()
+            if a["state"] == "active" and n != leaving and self._reachable(n)
+        )
+
+    def _say_held(self, agent: str, text: str) -> None:
+        # Held every round for as long as the agent is away: say it now and then.
+        now = time.monotonic()
+        if now - self._held_said.get(agent, float("-inf")) >= UNREACHABLE_LOG_EVERY_S:
+            self._held_said[agent] = now
+            logger.warning("%s", text)

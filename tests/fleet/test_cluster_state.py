@@ -265,6 +265,41 @@ def test_unchecked_deactivate_applies_as_entries_written_before_the_check() -> N
     refused(state, "invalid_argument", "deactivate", "c", NOW + 1, True, 5)
 
 
+def test_checked_purge_keeps_a_dead_agent_in_placement_while_groups_would_shrink() -> None:
+    state = fleet(*THREE, ("d", "z4", "draining"))
+    run(state, "add_group", "g3", 3, "counter", NOW)
+    before = desired_members(state, "g3")
+    message = refused(state, "too_few_agents", "purge", "a", NOW + 1, True)
+    assert "purging 'a' leaves 2 active agent(s)" in message and "(g3)" in message
+    assert desired_members(state, "g3") == before  # 'a' still placed: g3 keeps three
+    # A draining agent is out of placement already: purging it shrinks nothing.
+    assert run(state, "purge", "d", NOW + 2, True) == {"purged": True, "released": []}
+    # With a fourth active agent there is somewhere to rebuild: the purge goes ahead.
+    run(state, "register", "e", "10.0.0.9:7009", "id-e", NOW + 3)
+    run(state, "activate", "e", "z5", NOW + 3)
+    assert run(state, "purge", "a", NOW + 4, True) == {"purged": True, "released": []}
+    assert sorted(desired_members(state, "g3")) == ["b", "c", "e"]
+
+
+def test_unchecked_purge_applies_as_entries_written_before_the_check() -> None:
+    state = fleet(*THREE)
+    run(state, "add_group", "g", 3, "counter", NOW)
+    assert run(state, "purge", "a", NOW + 1) == {"purged": True, "released": []}
+    assert run(state, "purge", "b", NOW + 1, False) == {"purged": True, "released": []}
+    assert desired_members(state, "g") == ["c"]
+    refused(state, "invalid_argument", "purge", "c", NOW + 1, 1)
+    refused(state, "invalid_argument", "purge", "c", NOW + 1, True, 5)
+
+
+def test_groups_short_without_counts_the_agents_the_caller_says_are_left() -> None:
+    state = fleet(*THREE, ("d", "z4", "active"))
+    run(state, "add_group", "g3", 3, "counter", NOW)
+    run(state, "add_group", "g2", 2, "kv", NOW)
+    assert cs.groups_short_without(state, "a") == []  # b, c, d are left
+    assert cs.groups_short_without(state, "a", left=2) == ["g3"]  # one of them unreachable
+    assert cs.groups_short_without(state, "a", left=1) == ["g2", "g3"]
+
+
 def test_full_lifecycle_and_placement_membership() -> None:
     state = fleet(("a", None, "inactive"), ("b", "z2", "active"))
     assert active_agents_per_zone(state) == {"z2": ["b"]}

@@ -172,6 +172,47 @@ def test_dead_agent_is_purged_and_its_replicas_rebuilt(tmp_path: Path) -> None:
             procs[2].call("command", group=g, arg="inc", timeout_s=1)
 
 
+def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) -> None:
+    # Three active agents and groups of three: purging a dead one would shrink
+    # every group to two replicas (fault campaign, seed 7815). The fleet keeps
+    # it placed, says so, and purges it once a fourth agent is active.
+    env = {**FAST, "RAFTFLEET_PURGE_WINDOW_S": "2"}
+    with agents(tmp_path, 4, first_octet=231, env=env) as procs:
+        live, spare = procs[:3], procs[3]
+        _activate(live, ["z1", "z2", "z3"])
+        groups = ["h0", "h1"]
+        for g in groups:
+            procs[0].call("group_create", name=g, timeout=30)
+        victim = live[2]
+        victim.kill()
+
+        def held() -> bool:
+            return any(f"not purging {victim.name}" in p.log() for p in live[:2])
+
+        wait_for(held, 30, "the cluster leader to hold the purge")
+        nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
+        assert nodes[victim.name]["state"] == "active" and not nodes[victim.name]["purged"]
+        for g in groups:
+            assert victim.name in {m["agent"] for m in _status(procs[0], g)["members"]}
+            procs[1].call("command", group=g, arg="inc", timeout_s=1)  # two of three serve
+        # A drain now would count on the dead agent: refused, naming it.
+        with pytest.raises(ControlError) as info:
+            live[1].call("deactivate")
+        assert info.value.code == "too_few_agents" and victim.name in str(info.value)
+        wait_for(lambda: spare.call("activate", zone="z4"), 20, "the spare to activate")
+
+        def rebuilt() -> bool:
+            for g in groups:
+                members = {m["agent"] for m in _status(procs[0], g)["members"]}
+                if victim.name in members or members != {live[0].name, live[1].name, spare.name}:
+                    return False
+            return True
+
+        wait_for(rebuilt, 60, "replicas rebuilt on the new agent")
+        nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
+        assert nodes[victim.name]["purged"]
+
+
 def test_delete_then_recreate_same_name(tmp_path: Path) -> None:
     with agents(tmp_path, 3, first_octet=151, env=FAST) as procs:
         _activate(procs, ["z1", "z2", "z3"])

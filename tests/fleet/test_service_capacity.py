@@ -1,0 +1,114 @@
+"""Purges and drains wait for capacity that can be reached (fault campaign, seed 7815).
+
+A dead agent that is not yet purged is still "active" in the replicated
+state. Counting it as room for other agents' replicas let a drain pass that
+shrank every group once it was purged; purging it with nowhere to rebuild
+shrank them too.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import pytest
+
+from raftfleet_agent.fleet import cluster_state as cs
+from raftfleet_agent.fleet.service import CLUSTER, FleetError, FleetService
+
+NOW = 1_000
+
+
+def _state(*agents: tuple[str, str]) -> dict:
+    st = cs.ClusterState.new()
+    for i, (name, target) in enumerate(agents):
+        cs.ClusterState.command(st, ["register", name, f"10.0.0.1:{7000 + i}", f"id-{name}", NOW])
+        if target == "active":
+            cs.ClusterState.command(st, ["activate", name, f"z{i}", NOW])
+    cs.ClusterState.command(st, ["add_group", "g", 3, "counter", NOW])
+    return st
+
+
+def _service(me: str, down: set[str], away_s: float = 100.0) -> tuple[FleetService, list]:
+    svc = FleetService.__new__(FleetService)
+    svc.name = me
+    leader = SimpleNamespace(member=SimpleNamespace(is_leader=True))
+    svc.host = SimpleNamespace(replicas={CLUSTER: leader})
+    svc.agent = SimpleNamespace(config=SimpleNamespace(purge_window_s=10.0))
+    svc._held_said = {}
+    svc.unreachable = lambda: dict.fromkeys(down, away_s)  # type: ignore[method-assign]
+    svc._reachable = lambda agent: agent not in down  # type: ignore[method-assign]
+    proposed: list = []
+
+    async def propose(command: list) -> object:
+        proposed.append(command[:2] + command[3:])  # the time left out
+        return {}
+
+    svc.propose = propose  # type: ignore[method-assign]
+    return svc, proposed
+
+
+async def test_a_purge_that_would_shrink_groups_is_held_and_said(caplog) -> None:  # type: ignore[no-untyped-def]
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"))
+    svc, proposed = _service("a1", down={"a3"})
+    with caplog.at_level(logging.WARNING):
+        await svc._maybe_purge(st)
+        await svc._maybe_purge(st)  # held again, said once
+    assert proposed == []
+    held = [r.getMessage() for r in caplog.records if "not purging a3" in r.getMessage()]
+    assert len(held) == 1 and "leaves 2 active agent(s)" in held[0], held
+
+
+async def test_purge_counts_only_agents_it_can_reach_as_room() -> None:
+    # Four active agents, two of them dead: purging one would leave the other
+    # dead one as the place its replicas go.
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _service("a1", down={"a3", "a4"})
+    await svc._maybe_purge(st)
+    assert proposed == []
+    svc, proposed = _service("a1", down={"a4"})
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a4", True]]  # the checked form: the state checks it again
+
+
+async def test_a_dead_draining_agent_is_purged_without_the_check() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    cs.ClusterState.command(st, ["deactivate", "a4", NOW])
+    svc, proposed = _service("a1", down={"a3", "a4"})
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a4", True]]
+
+
+def _deactivating(me: str, st: dict, down: set[str]) -> tuple[FleetService, list]:
+    svc, proposed = _service(me, down)
+
+    async def state(**_kw: object) -> dict:
+        return st
+
+    svc.state = state  # type: ignore[method-assign]
+    return svc, proposed
+
+
+async def test_drain_counting_on_an_unreachable_agent_is_refused() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _deactivating("a2", st, down={"a1"})
+    with pytest.raises(FleetError) as info:
+        await svc.deactivate()
+    assert info.value.code == "too_few_agents"
+    assert "a1 active but unreachable from here" in str(info.value)
+    assert proposed == []
+    # --force goes ahead, in the unchecked form.
+    await svc.deactivate(force=True)
+    assert proposed == [["deactivate", "a2"]]
+
+
+async def test_drain_with_room_everywhere_is_left_to_the_replicated_check() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _deactivating("a2", st, down=set())
+    await svc.deactivate()
+    assert proposed == [["deactivate", "a2", True]]
+    # Short even with everyone reachable: the state's own check words the refusal.
+    st3 = _state(("a1", "active"), ("a2", "active"), ("a3", "active"))
+    svc, proposed = _deactivating("a2", st3, down=set())
+    await svc.deactivate()
+    assert proposed == [["deactivate", "a2", True]]
