@@ -125,7 +125,7 @@ class Agent:
         if peer in self._silent:
             self._silent.discard(peer)
             logger.info("peer %s speaks again", peer)
-            self.fleet.note_peer(peer, True)
+            self._peer_back(peer)
 
     async def _liveness(self) -> None:
         """Ping every peer; treat one silent for two election timeouts as gone.
@@ -156,6 +156,12 @@ class Agent:
         if woken:
             logger.warning("%d groups led here lost a majority of reachable voters", woken)
 
+    def _peer_back(self, peer: str) -> None:
+        self.fleet.note_peer(peer, True)
+        woken = self.host.wake_leaders_behind(peer)
+        if woken:
+            logger.info("woke %d quiescent groups to catch up %s", woken, peer)
+
     def _reachable_now(self, agent: str) -> bool:
         return self.transport.is_connected(agent) and agent not in self._silent
 
@@ -165,8 +171,10 @@ class Agent:
             self._last_heard[peer] = trio.current_time()
         if connected and self.ops is not None:
             self.ops.greet(peer)
-        self.fleet.note_peer(peer, connected)
-        if not connected:
+        if connected:
+            self._peer_back(peer)
+        else:
+            self.fleet.note_peer(peer, False)
             woken = self.host.wake_led_by(peer)
             if woken:
                 logger.info("woke %d quiescent groups led from %s", woken, peer)

@@ -108,6 +108,9 @@ class MultiRaftHost:
         self.agent = agent
         self.store = store
         self._send_frame = send_frame
+        if options.peer_unreachable is None:
+            # Quiet leaders need not wait for followers on agents we cannot reach.
+            options = attrs.evolve(options, peer_unreachable=self._unreachable)
         self.options = options
         self.tick_interval_s = tick_interval_s
         self.snapshot_every = snapshot_every
@@ -429,6 +432,25 @@ class MultiRaftHost:
         voters = m.config.voters
         up = sum(1 for v in voters if v.agent == self.agent or self.reachable(v.agent))
         return up >= quorum_size(len(voters))
+
+    def _unreachable(self, _frm: str, to: str) -> bool:
+        return not self.reachable(to)
+
+    def wake_leaders_behind(self, agent: str) -> int:
+        """`agent` is reachable again: wake the quiet leaders it fell behind.
+
+        A leader may go quiet without the answers of followers on unreachable
+        agents (RaftOptions.peer_unreachable); such a follower, back, would
+        otherwise wait for the next proposal to be caught up.
+        """
+        woken = 0
+        for g, r in self.replicas.items():
+            m = r.member
+            if m.quiescent and m.is_leader and m.has_follower_behind_on(agent):
+                m.wake()
+                self._touch(g)
+                woken += 1
+        return woken
 
     def wake_leaders_without_quorum(self) -> int:
         """Peers went down: wake the quiet leaders without a quorum of reachable voters.

@@ -91,6 +91,14 @@ class RaftOptions:
     # A quiescent group sends no heartbeats and runs no election timers; the
     # host wakes it when the agent of its leader is reported unreachable.
     quiesce_after_ticks: int = 0
+    # Whether agent `to` is unreachable from agent `frm`, as the host's
+    # transport sees it (None: never). A leader may go quiet without the
+    # answers of followers there, as long as a quorum answered: otherwise
+    # every group with a replica on a dead agent stays awake (heartbeats,
+    # ticks) until that agent is purged, or for ever when the purge waits for
+    # room. CockroachDB quiesces past replicas on non-live nodes the same way.
+    # Safety never depends on it being right (a quiet leader holds no lease).
+    peer_unreachable: Callable[[str, str], bool] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.heartbeat_ticks < self.election_ticks:
@@ -1217,13 +1225,28 @@ class RaftMember:
         ):
             return False
         # Answered *this* leader recently: one woken from quiet (its clock was
-        # stopped) must hear from every follower again before it goes quiet, or
-        # a leader whose followers died meanwhile would fall asleep again before
-        # check-quorum could depose it, and lead for ever.
-        return all(
-            pr.match == last and not pr.inflight and self._answered_recently(pr)
-            for pr in self.progress.values()
-        )
+        # stopped) must hear from enough followers again before it goes quiet,
+        # or a leader whose followers died meanwhile would fall asleep again
+        # before check-quorum could depose it, and lead for ever. Every
+        # follower must be caught up and answering, except those on agents the
+        # host reports unreachable -- and then a quorum of voters must be.
+        behind = [
+            r
+            for r, pr in self.progress.items()
+            if not (pr.match == last and not pr.inflight and self._answered_recently(pr))
+        ]
+        if not behind:
+            return True
+        unreachable = self.opts.peer_unreachable
+        if unreachable is None or not all(unreachable(self.id.agent, r.agent) for r in behind):
+            return False
+        answered = sum(1 for v in self.config.voters if v not in behind)
+        return answered >= self.config.quorum()
+
+    def has_follower_behind_on(self, agent: str) -> bool:
+        """Leader: does a follower on `agent` miss entries (it went quiet without it)?"""
+        last = self.log.last_index
+        return any(r.agent == agent and pr.match != last for r, pr in self.progress.items())
 
     def _maybe_quiesce(self) -> None:
         if not self.opts.quiesce_after_ticks or not self._can_quiesce():
@@ -1233,10 +1256,14 @@ class RaftMember:
         if self._idle_ticks < self.opts.quiesce_after_ticks:
             return
         r = self._start_round()
-        for peer in self.progress:
+        for peer, pr in self.progress.items():
+            # Never a commit index past what the follower is known to hold: one
+            # on an unreachable agent may hold other entries there (the
+            # simulator found it: it applied them).
+            commit = min(self.commit, pr.match)
             self._send(
                 m.Heartbeat(
-                    frm=self.id, to=peer, term=self.term, commit=self.commit, round=r, quiesce=True
+                    frm=self.id, to=peer, term=self.term, commit=commit, round=r, quiesce=True
                 )
             )
         self.quiescent = True

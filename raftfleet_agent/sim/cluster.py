@@ -114,6 +114,7 @@ class Simulation:
             pre_vote=self.rng.random() < 0.75,
             check_quorum=self.rng.random() < 0.75,
             quiesce_after_ticks=self.rng.choice([0, 0, 3, 20]),
+            peer_unreachable=self._unreachable_view(self.rng.choice(["none", "transport", "liar"])),
         )
         self.faults = faults or Faults.draw(self.rng)
         self.net = SimNetwork(self.rng)
@@ -176,6 +177,27 @@ class Simulation:
 
     def live(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.member is not None]
+
+    def _unreachable_view(self, kind: str) -> Callable[[str, str], bool] | None:
+        """What a host tells its quiet leaders about unreachable agents.
+
+        "transport" is roughly what an agent knows (cut links, crashed or
+        frozen processes); "liar" answers at random: quiescence past
+        followers must be safe whatever the host believes.
+        """
+        if kind == "transport":
+            return self._looks_unreachable
+        if kind == "liar":
+            return lambda _frm, _to: self.rng.random() < 0.3
+        return None
+
+    def _looks_unreachable(self, frm: str, to: str) -> bool:
+        if (frm, to) in self.net.cut:
+            return True
+        return any(
+            r.agent == to and (r in self.crashed_at or node.paused_until)
+            for r, node in self.nodes.items()
+        )
 
     # ---------------------------------------------------------------- the step
 

@@ -230,6 +230,33 @@ async def test_a_quiet_leader_whose_followers_died_wakes_and_steps_down(
     await _until(lambda: not lead.replicas["x"].member.is_leader)
 
 
+async def test_groups_go_quiet_past_a_dead_agent_and_catch_it_up_when_it_is_back(
+    quiet_cluster: Fabric,
+) -> None:
+    # One agent down (not yet purged, or its purge waiting for room): the
+    # groups with a replica there must not heartbeat it for ever.
+    fabric = quiet_cluster
+    await _create(fabric, "d")
+    lead = await _leader(fabric, "d")
+    dead = sorted(a for a in AGENTS if a != lead.agent)[0]
+    fabric.cut.add(dead)
+    for h in fabric.hosts.values():
+        h.reachable = lambda agent: agent != dead
+    assert (await lead.command("d", "inc", "c", 1, timeout_s=2)).reply == 0  # dead misses it
+    await _until(lambda: lead.statistics().awake == 0)
+    messages = lead.statistics().messages_sent
+    await trio.sleep(0.3)  # thirty ticks
+    assert lead.statistics().messages_sent == messages
+    # Back: the quiet leader is woken to catch it up, with no new proposal.
+    fabric.cut.discard(dead)
+    for h in fabric.hosts.values():
+        h.reachable = lambda _agent: True
+    assert lead.wake_leaders_behind(dead) == 1
+    behind = fabric.hosts[dead].replicas["d"]
+    await _until(lambda: behind.applier.applied_index == lead.replicas["d"].applier.applied_index)
+    await _until(lambda: lead.statistics().awake == 0)  # and quiet again
+
+
 async def test_a_leader_whose_followers_die_as_it_falls_quiet_does_not(
     quiet_cluster: Fabric,
 ) -> None:

@@ -143,3 +143,72 @@ def test_a_woken_leader_counts_a_voter_healthy_only_once_it_answers_again() -> N
     c[A].change_membership(ConfOp.REMOVE, C)
     c.run(1)
     assert c[A].config.voters == {A, B}
+
+
+# -- past followers on unreachable agents ------------------------------------------
+
+
+def _down(*agents: str):  # type: ignore[no-untyped-def]
+    gone = set(agents)
+    return lambda _frm, to: to in gone
+
+
+def test_a_leader_with_a_dead_follower_stays_awake_without_a_reachability_view() -> None:
+    c = Cluster(opts=QUIET)
+    c.elect(A)
+    c.crash(C)
+    c.propose(A, "x")
+    c.run(30)
+    assert not c[A].quiescent  # C never answers: it cannot go quiet
+
+
+def test_a_leader_goes_quiet_past_a_follower_on_an_unreachable_agent() -> None:
+    # Otherwise every group with a replica on a dead agent heartbeats until the
+    # agent is purged, or for ever when the purge waits for room.
+    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("c")))
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(8)
+    c.crash(C)
+    c.propose(A, "y")  # C misses it
+    c.run(8)
+    assert c[A].quiescent and c[B].quiescent
+    sent = len(c.sent)
+    c.run(50)
+    assert len(c.sent) == sent
+    # Back, C times out, pre-votes, wakes A and is caught up.
+    c.restart(C)
+    c.run(40)
+    assert c.state(C) == ["x", "y"] and c.leaders() == [A]
+
+
+def test_the_quiesce_heartbeat_never_commits_past_what_a_follower_holds() -> None:
+    # Simulator seeds 105 and 133: a follower behind (on an unreachable agent,
+    # holding other entries at those indexes) got the leader's whole commit
+    # index with the quiesce heartbeat and applied its own entries.
+    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("c")))
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(8)
+    c.isolate(C)
+    c.propose(A, "y")
+    c.run(8)
+    assert c[A].quiescent
+    match_c = c[A].progress[C].match
+    quiet = [msg for msg in c.sent if isinstance(msg, m.Heartbeat) and msg.quiesce and msg.to == C]
+    assert quiet and quiet[-1].commit <= match_c < c[A].commit
+
+
+def test_a_quorum_must_have_answered_whatever_the_host_believes() -> None:
+    # A leader woken from quiet has heard from nobody since: even when the host
+    # calls every follower unreachable it must not fall quiet again (it would
+    # lead for ever, with check-quorum never run).
+    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("b", "c")))
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(8)
+    assert c[A].quiescent
+    c.isolate(A)
+    c[A].wake()
+    c.run(8)
+    assert not c[A].quiescent
