@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from raftfleet_agent.control.protocol import ControlError
+from raftfleet_agent.fleet.router import refusal_of, timed_out_text
 from raftfleet_agent.host.replica import Expired, Waiter
 from raftfleet_agent.host.rpc import OnAnswer, RpcError, as_error
 from raftfleet_agent.statemachine import ApplyResult
@@ -178,11 +179,10 @@ def _answer_peer(op: str, group: str, result: object, answer: OnAnswer) -> None:
         if result.ok:
             answer(True, result.reply)
             return
-        code, message = result.error or "data_type_error", result.message
-        answer(False, {"code": code, "message": message or "the data type refused"})
+        code, message = refusal_of(result)
+        answer(False, {"code": code, "message": message})
     elif isinstance(result, Expired):
-        message = f"{op} on {group} timed out (outcome unknown)"
-        answer(False, {"code": "timeout", "message": message})
+        answer(False, {"code": "timeout", "message": timed_out_text(op, group)})
     else:  # lost leadership, or the replica went away
         answer(False, {"code": "not_leader", "message": str(result)})
 

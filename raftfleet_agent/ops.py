@@ -28,6 +28,7 @@ from raftfleet_agent.metrics import headline
 from raftfleet_agent.raft.codec import CodecError, decode_config, decode_replica, encode_config
 from raftfleet_agent.raft.errors import RaftError
 from raftfleet_agent.raft.membership import ConfOp
+from raftfleet_agent.raft.quorum import quorum_size
 from raftfleet_agent.raft.types import Config, ReplicaId
 from raftfleet_agent.statemachine import DataTypeError, load_data_type
 from raftfleet_agent.statemachine.loader import is_internal_type
@@ -316,7 +317,7 @@ class AgentOps:
             for a in desired
             if a == self.agent.config.name or self.agent.transport.is_connected(a)
         ]
-        if len(reachable) < len(desired) // 2 + 1:
+        if len(reachable) < quorum_size(len(desired)):
             raise ControlError("unavailable", f"too few of {', '.join(desired)} are reachable")
         # The desired leader first, so it campaigns; the reconciler adds any missing replica.
         return await self._create_on(name, dtype, reachable)
@@ -450,7 +451,7 @@ class AgentOps:
             st["lost"] = sorted(m["agent"] for m in st["members"] if m["agent"] not in reachable)
             voters = [m for m in st["members"] if m["role"] != "learner"]
             alive = [m for m in voters if m["agent"] in reachable]
-            st["majority_lost"] = len(alive) < len(voters) // 2 + 1
+            st["majority_lost"] = len(alive) < quorum_size(len(voters))
             # And what each replica thinks: a stuck election shows who is
             # waiting for whom (terms, quiet replicas, a leader only some see).
             st["replicas"] = [

@@ -212,11 +212,24 @@ class Router:
         except UnknownGroup as e:
             raise RouteError("not_leader", str(e)) from None
         except trio.TooSlowError:
-            raise RouteError("timeout", f"{op} on {group} timed out (outcome unknown)") from None
+            raise RouteError("timeout", timed_out_text(op, group)) from None
         return _unwrap(res)
+
+
+def refusal_of(res: ApplyResult) -> tuple[str, str]:
+    """(code, message) of a command or query the data type refused.
+
+    Shared with the fast path (fast_ops), which answers forwarded requests
+    from a callback: both must tell a client the same thing.
+    """
+    return res.error or "data_type_error", res.message or "the data type refused"
+
+
+def timed_out_text(op: str, group: str) -> str:
+    return f"{op} on {group} timed out (outcome unknown)"
 
 
 def _unwrap(res: ApplyResult) -> object:
     if res.ok:
         return res.reply
-    raise RouteError(res.error or "data_type_error", res.message or "the data type refused")
+    raise RouteError(*refusal_of(res))
