@@ -51,6 +51,9 @@ FULL_SWEEP_S = 60.0  # how often every group is looked at again, settled or not
 SWEEP_SLICES = 12
 ROUND_GAP_S = 0.2  # rounds triggered by changes come at most this often
 STATE_POLL_S = 0.2
+# An agent with no applied cluster-state replica reads the state remotely
+# (a whole snapshot) every round only while draining; otherwise this often.
+REMOTE_STATE_EVERY_S = 10.0
 UNREACHABLE_LOG_EVERY_S = 30.0  # a round that cannot read the cluster state says so this often
 # A fresh replica not in its group's membership after this long was never added
 # (its move failed between creating it and adding it): discard it.
@@ -97,6 +100,7 @@ class FleetService:
         self._changed = trio.Event()
         self._seen_version = -1
         self._remote_state: dict | None = None
+        self._remote_read_s = float("-inf")  # when _remote_state was read
         self._unreachable_since: dict[str, float] = {}
         self._started = time.monotonic()
         self.reconciler: Reconciler | None = None
@@ -148,6 +152,7 @@ class FleetService:
                 return self._remote_state
             raise err from None
         self._remote_state = state  # type: ignore[assignment]
+        self._remote_read_s = time.monotonic()
         return state  # type: ignore[return-value]
 
     async def propose(self, arg: list, timeout_s: float = 2.0) -> object:
@@ -254,6 +259,7 @@ class FleetService:
         if not force:
             self._refuse_if_unreachable_capacity(await self.state())
         await self.propose(command if force else [*command, True])
+        self._remote_read_s = float("-inf")  # draining now: the next round reads the state
         return {"name": self.name, "state": "draining"}
 
     def _refuse_if_unreachable_capacity(self, st: dict) -> None:
@@ -366,6 +372,8 @@ class FleetService:
             # forever: check them against their groups first. (A fresh, empty
             # cluster-state replica, whose add was cut short by the drain, kept
             # a wiped agent draining for good: fault campaign, seed 7605.)
+            if not self._remote_round_due():
+                return
             try:
                 remote = await self.state()
             except FleetError as e:
@@ -397,6 +405,18 @@ class FleetService:
             n.start_soon(self._maybe_drained, st)
             n.start_soon(self._maybe_purge, st)
             n.start_soon(self._discard_orphans, st)
+
+    def _remote_round_due(self) -> bool:
+        """Read the cluster state remotely this round? Always while draining.
+
+        Only a draining agent has work without a local replica (finishing its
+        drain); any other would pull a snapshot of every group each round,
+        sizeable at 10,000 groups, for the seconds a fresh learner needs.
+        """
+        last = self._remote_state
+        if last is None or last["agents"].get(self.name, {}).get("state") == "draining":
+            return True
+        return time.monotonic() - self._remote_read_s >= REMOTE_STATE_EVERY_S
 
     def _say_unreachable(self, e: FleetError, then: str = "") -> None:
         # A drain that cannot finish must say why, but not every round.

@@ -31,6 +31,7 @@ async def test_orphans_are_checked_before_the_drain_is_reported_without_local_st
     svc = FleetService.__new__(FleetService)
     svc.host = SimpleNamespace(replicas=dict(here))
     svc.local_state = lambda: None  # type: ignore[method-assign]
+    svc._remote_state = None
     remote = {"agents": {"a3": {"state": "draining"}}}
     calls: list[tuple] = []
 
@@ -57,6 +58,7 @@ async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> Non
     svc = FleetService.__new__(FleetService)
     svc.host = SimpleNamespace(replicas={})
     svc.local_state = lambda: None  # type: ignore[method-assign]
+    svc._remote_state = None
     svc._unreachable_said = float("-inf")
 
     async def state(**_kw: object) -> dict:
@@ -68,6 +70,42 @@ async def test_a_round_that_cannot_read_the_cluster_state_says_so(caplog) -> Non
         await svc.reconcile_once(None, None)  # type: ignore[arg-type]
     said = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
     assert said == ["cluster state unreachable: no leader"]  # once, not every round
+
+
+async def test_only_a_draining_agent_reads_the_state_remotely_every_round() -> None:
+    # Without an applied cluster-state replica a round reads a snapshot of
+    # every group through the leader; only a drain needs that each round.
+    import time
+
+    from raftfleet_agent.fleet import service
+
+    svc = FleetService.__new__(FleetService)
+    svc.name = "a3"
+    svc.host = SimpleNamespace(replicas={})
+    svc.local_state = lambda: None  # type: ignore[method-assign]
+    reads: list[str] = []
+    me = {"state": "active"}
+
+    async def state(**_kw: object) -> dict:
+        reads.append(me["state"])
+        svc._remote_state = {"agents": {"a3": dict(me)}}
+        svc._remote_read_s = time.monotonic()
+        return svc._remote_state
+
+    async def nothing(_st: dict) -> None:
+        return None
+
+    svc.state = state  # type: ignore[method-assign]
+    svc._discard_orphans = svc._maybe_drained = nothing  # type: ignore[method-assign]
+    svc._remote_state = None
+    for _ in range(3):
+        await svc.reconcile_once(None, None)  # type: ignore[arg-type]
+    assert reads == ["active"]  # the first round, then the copy is fresh enough
+    svc._remote_read_s -= service.REMOTE_STATE_EVERY_S
+    me["state"] = "draining"
+    for _ in range(3):
+        await svc.reconcile_once(None, None)  # type: ignore[arg-type]
+    assert reads == ["active", "draining", "draining", "draining"]
 
 
 async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> None:
