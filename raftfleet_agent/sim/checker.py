@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 from raftfleet_agent.raft.member import RaftMember
-from raftfleet_agent.raft.types import Entry, ReplicaId
+from raftfleet_agent.raft.types import Config, Entry, ReplicaId
 
 
 class SimViolation(Exception):
@@ -61,20 +61,26 @@ class SafetyChecker:
                     f"(term {known[0]}); its term there: {mem.log.term_at(idx)}"
                 )
 
-    def check_removal(self, gone: RaftMember, others: list[RaftMember]) -> None:
+    def check_removal(
+        self, gone: RaftMember, others: list[tuple[int, int, Config, ReplicaId]]
+    ) -> None:
         """A replica leaves only when the newest configuration anyone holds leaves it out.
 
-        (A deposed leader's stale notice once removed a voter added after it;
-        replica ids are never reused here, so no later re-add can excuse it.)
+        `others`: (index, term, configuration, holder) of every other replica,
+        a crashed one's from its disk (its removing entry may be durable only
+        there). (A deposed leader's stale notice once removed a voter added
+        after it; replica ids are never reused here, so no later re-add can
+        excuse it.)
         """
-        newest = max(
-            (m for m in (gone, *others)),
-            key=lambda m: (m.config_index, m.log.term_at(m.config_index) or 0),
-        )
-        if gone.id in newest.config.members:
+        mine = (gone.config_index, gone.log.term_at(gone.config_index) or 0, gone.config, gone.id)
+        # Newest as Raft orders logs: by term, then index. A deposed leader cut
+        # off may hold a configuration at a higher index of an older term; the
+        # new leader's will overwrite it (simulator seed 646 took it for newer).
+        index, _term, config, holder = max((mine, *others), key=lambda c: (c[1], c[0]))
+        if gone.id in config.members:
             self.fail(
                 f"{gone.id} removed itself, but the newest configuration (index "
-                f"{newest.config_index}, held by {newest.id}) still has it"
+                f"{index}, held by {holder}) still has it"
             )
 
     def check_commit(self, mem: RaftMember, previous: int) -> None:

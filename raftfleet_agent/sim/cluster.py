@@ -465,7 +465,16 @@ class Simulation:
             c.op, c.guess = None, node.id
 
     def _on_removed(self, node: SimNode, gone: RaftMember) -> None:
-        others = [n.member for n in self.nodes.values() if n is not node and n.member is not None]
+        others = []
+        for n in self.nodes.values():
+            if n is node:
+                continue
+            m = n.member
+            if m is not None:
+                term = m.log.term_at(m.config_index) or 0
+                others.append((m.config_index, term, m.config, n.id))
+            elif (durable := n.disk.newest_config()) is not None:
+                others.append((*durable, n.id))  # crashed: what it will restart with
         self.check.check_removal(gone, others)
 
     def _on_read(self, node: SimNode, r: PendingRead) -> None:

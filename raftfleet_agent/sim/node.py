@@ -16,7 +16,15 @@ import msgpack
 from raftfleet_agent.raft.member import RaftMember, RaftOptions
 from raftfleet_agent.raft.messages import Message
 from raftfleet_agent.raft.ready import Ready
-from raftfleet_agent.raft.types import Entry, EntryKind, HardState, ReadState, ReplicaId, Snapshot
+from raftfleet_agent.raft.types import (
+    Config,
+    Entry,
+    EntryKind,
+    HardState,
+    ReadState,
+    ReplicaId,
+    Snapshot,
+)
 
 
 @attrs.define
@@ -38,6 +46,16 @@ class Disk:
             self.entries.extend(rd.entries)
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
+
+    def newest_config(self) -> tuple[int, int, Config] | None:
+        """(index, term, configuration) of the newest configuration on this disk."""
+        for e in reversed(self.entries):
+            if e.kind is EntryKind.CONFIG:
+                return e.index, e.term, e.data  # type: ignore[return-value]
+        if self.snapshot is not None:
+            meta = self.snapshot.meta
+            return meta.index, meta.term, meta.config
+        return None
 
 
 class CounterMachine:
