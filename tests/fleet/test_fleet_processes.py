@@ -213,6 +213,37 @@ def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) 
         assert nodes[victim.name]["purged"]
 
 
+def test_groups_stay_quiet_while_an_agent_is_down_and_catch_it_up_after(tmp_path: Path) -> None:
+    # A dead agent must not keep every group it shares awake (heartbeats and
+    # ticks for hours while its purge waits); back, it is caught up at once.
+    with agents(tmp_path, 3, first_octet=241, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        groups = [f"q{i}" for i in range(6)]
+        for g in groups:
+            procs[0].call("group_create", name=g, timeout=30)
+        victim, live = procs[2], procs[:2]
+        victim.kill()
+        for g in groups:  # a command each while it is down: the victim misses them
+            wait_for(
+                lambda g=g: live[0].call("command", group=g, arg="inc", timeout_s=1),
+                15,
+                f"{g} to serve",
+            )
+
+        def awake() -> list[int]:
+            return [p.call("status")["loop"]["awake"] for p in live]
+
+        wait_for(lambda: awake() == [0, 0], 30, "every group on the survivors to go quiet")
+        victim.start()
+        for g in groups:
+            wait_for(
+                lambda g=g: victim.call("query", group=g, arg="get", stale=True)["reply"] == 1,
+                20,
+                f"the victim's replica of {g} to catch up",
+            )
+        wait_for(lambda: awake() == [0, 0], 30, "the groups to go quiet again")
+
+
 def test_delete_then_recreate_same_name(tmp_path: Path) -> None:
     with agents(tmp_path, 3, first_octet=151, env=FAST) as procs:
         _activate(procs, ["z1", "z2", "z3"])
