@@ -125,6 +125,9 @@ class AgentOps:
                 if cstate
                 else None,
                 "groups": len(cstate["groups"]) if cstate else None,
+                # The command level every agent speaks (cluster_state.LEVEL is
+                # this agent's): below it, an upgrade is still rolling.
+                "level": cs.cluster_level(cstate) if cstate else None,
                 "peers": {
                     n: {"address": addr, "reachable": bool(reach.get(n) and reach[n].connected)}
                     for n, addr in sorted(a.peers.addresses.items())

@@ -289,6 +289,7 @@ def status(state: State) -> None:
         [
             *zip(STATUS_FIELDS[:-1], row, strict=True),
             ("cluster", cluster.get("id")),
+            *([("command level", cluster["level"])] if cluster.get("level") is not None else []),
             *([("cluster state", cluster["state_error"])] if cluster.get("state_error") else []),
             *status_metrics_rows(raw),
         ]

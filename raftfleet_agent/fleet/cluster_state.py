@@ -10,8 +10,9 @@ State (plain dicts, msgpack-ready; `new()` shows the shape):
     version      int, +1 for every command that changed something, so an
                  agent can tell cheaply that it must recompute placement
     generation   int, the last group generation handed out
-    agents       name -> {"address", "zone", "state", "since_ms", "node_id"}
+    agents       name -> {"address", "zone", "state", "since_ms", "node_id"(, "speaks")}
                  state: inactive | active | draining | purged
+                 speaks: the command level the agent's code applies (absent: 1)
     groups       name -> {"replicas", "type", "created_ms", "generation"}
     removed      name -> {"generation", "removed_ms", "pending": [agents]}
 
@@ -25,6 +26,13 @@ Agent lifecycle (`*` = any state):
 
     (unknown) --register--> inactive --activate--> active --deactivate--> draining
     draining --drained--> inactive;  * --purge--> purged --register--> inactive
+
+Levels: every replica of the cluster state must apply every command alike,
+and in a rolling upgrade they run different code. So each agent registers
+the command level it speaks, and a command form that came with level N is
+proposed only once every agent not purged speaks N (`cluster_level`), as
+etcd gates features on its cluster version. Applying never looks at levels:
+entries already in the log must apply as they always did.
 
 Errors are `InvalidArgument("<code>: <text>")`; the applier turns them into
 error replies and the agent maps `<code>` (see `error_code`) to a control
@@ -53,6 +61,13 @@ from raftfleet_agent.statemachine.protocol import InvalidArgument, SnapshotError
 
 # The data type's name, as stored with the `__cluster__` group.
 DATA_TYPE_NAME: Final = "cluster"
+
+# The command level this code speaks. 1: the first commands (deactivate and
+# purge with 3 arguments, register with 5). 2: `keep_replicas` on deactivate
+# and purge, and the level itself as register's 6th argument.
+LEVEL: Final = 2
+KEEP_REPLICAS_LEVEL: Final = 2
+LEVEL_MAX: Final = 1_000_000  # a bound for validation only
 
 # --------------------------------------------------------------------------
 # Error codes: the prefix of every InvalidArgument message raised here.
@@ -213,14 +228,21 @@ def _known_agent(state: dict[str, Any], value: object) -> tuple[str, dict[str, A
 # the first mutation), bumps `version` if it changed anything, and replies.
 
 
+def _level(value: object) -> int:
+    if type(value) is not int or not 1 <= value <= LEVEL_MAX:
+        raise _fail(INVALID_ARGUMENT, f"a level must be an integer >= 1, got {_show(value)}")
+    return value
+
+
 def _register(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
-    _arity(arg, 5)
+    _arity(arg, 5, 6)
     name, address, node_id, now = (
         _agent_name(arg[1]),
         _address(arg[2]),
         _node_id(arg[3]),
         _now(arg[4]),
     )
+    level = _level(arg[5]) if len(arg) == 6 else None
     agents = state["agents"]
     agent = agents.get(name)
     if agent is None:
@@ -231,6 +253,8 @@ def _register(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
             "since_ms": now,
             "node_id": node_id,
         }
+        if level is not None:
+            agents[name]["speaks"] = level
         state["version"] += 1
         return {"new": True, "rejoined": False, "state": INACTIVE}
     # A different node id means a wiped data dir: the agent keeps its place
@@ -239,6 +263,9 @@ def _register(state: dict[str, Any], arg: list[Any]) -> dict[str, Any]:
     changed = rejoined or agent["address"] != address
     agent["address"] = address
     agent["node_id"] = node_id
+    if level is not None and agent.get("speaks") != level:
+        agent["speaks"] = level  # upgraded (or rolled back): the cluster level may move
+        changed = True
     if agent["state"] == PURGED:
         # Back after being purged: it joins again as a new, inactive agent.
         agent["state"] = INACTIVE
@@ -477,7 +504,7 @@ _COMMANDS: Final = {
 }
 
 _COMMAND_FORMS: Final = (
-    '["register", agent, address, node_id, now_ms], ["activate", agent, zone, now_ms], '
+    '["register", agent, address, node_id, now_ms(, level)], ["activate", agent, zone, now_ms], '
     '["deactivate", agent, now_ms(, keep_replicas)], ["drained", agent, now_ms], '
     '["purge", agent, now_ms(, keep_replicas)], '
     '["add_group", name, replicas, type, now_ms], ["remove_group", name, now_ms], '
@@ -548,6 +575,12 @@ def desired_members(state: dict[str, Any], group: str) -> list[str]:
     return lrw_members(active_agents_per_zone(state), group, record["replicas"])
 
 
+def cluster_level(state: dict[str, Any]) -> int:
+    """The command level every agent not purged speaks: what may be proposed."""
+    levels = [a.get("speaks", 1) for a in state["agents"].values() if a["state"] != PURGED]
+    return min(levels, default=LEVEL)
+
+
 def desired_cluster_voters(state: dict[str, Any], n: int = CLUSTER_VOTERS_MAX) -> list[str]:
     """The desired voters of `__cluster__` itself, from the active agents."""
     return cluster_voters(active_agents_per_zone(state), n)
@@ -578,7 +611,8 @@ def _check_state(state: object) -> dict[str, Any]:
             type(name) is str
             and AGENT_NAME_RE.fullmatch(name) is not None
             and type(a) is dict
-            and a.keys() == _AGENT_KEYS
+            and _AGENT_KEYS <= a.keys() <= _AGENT_KEYS | {"speaks"}
+            and (type(a.get("speaks", 1)) is int and 1 <= a.get("speaks", 1) <= LEVEL_MAX)
             and type(a["address"]) is str
             and type(a["node_id"]) is str
             and a["state"] in AGENT_STATES

@@ -222,12 +222,13 @@ class FleetService:
             me is None
             or me["address"] != str(self.agent.config.advertise)
             or me.get("node_id") != self.agent.identity.node_id
+            or me.get("speaks", 1) != cs.LEVEL  # upgraded or rolled back
             or me["state"] == "purged"
         )
 
     async def _register(self) -> None:
         node, addr = self.agent.identity.node_id, str(self.agent.config.advertise)
-        await self.propose(["register", self.name, addr, node, now_ms()])
+        await self.propose(["register", self.name, addr, node, now_ms(), cs.LEVEL])
 
     async def _watch_state(self) -> None:
         while True:
@@ -257,10 +258,26 @@ class FleetService:
         """
         command = ["deactivate", self.name, now_ms()]
         if not force:
-            self._refuse_if_unreachable_capacity(await self.state())
-        await self.propose(command if force else [*command, True])
+            st = await self.state()
+            self._refuse_if_unreachable_capacity(st)
+            if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
+                command.append(True)
+            else:
+                # Some agent's code would not apply the checked form: check
+                # here (racy, but the best an older cluster allows).
+                self._refuse_if_groups_shrink(st)
+        await self.propose(command)
         self._remote_read_s = float("-inf")  # draining now: the next round reads the state
         return {"name": self.name, "state": "draining"}
+
+    def _refuse_if_groups_shrink(self, st: dict) -> None:
+        short = cs.groups_short_without(st, self.name)
+        if short:
+            left = cs.active_left_without(st, self.name)
+            text = cs.too_few_agents_text(f"taking {self.name!r} out", left, short)
+            raise FleetError(
+                cs.TOO_FEW_AGENTS, f"{text}; activate another agent first, or force it"
+            )
 
     def _refuse_if_unreachable_capacity(self, st: dict) -> None:
         """Refuse a drain that counts on agents we cannot reach.
@@ -554,7 +571,10 @@ class FleetService:
                 continue
             logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
             try:
-                await self.propose(["purge", name, now_ms(), True])
+                command: list = ["purge", name, now_ms()]
+                if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
+                    command.append(True)  # checked again where every replica sees it
+                await self.propose(command)
             except FleetError as e:
                 logger.info("purge %s: %s", name, e)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Ran, cli_env, run
 
+from raftfleet_agent.fleet.cluster_state import LEVEL
 from tests.procs import AgentProc, connected_to_all, free_port, wait_for
 
 pytestmark = pytest.mark.slow
@@ -91,10 +92,11 @@ def test_status_and_nodes(cluster: Cluster) -> None:
     assert st["name"] == "a1" and st["state"] == "active" and st["zone"] == "zone1"
     assert st["address"] == cluster.procs[0].address
     assert set(st["cluster"]["peers"]) == {"a2", "a3"}
+    assert st["cluster"]["level"] == LEVEL  # every agent registered what it speaks
     plain = cluster.ok("-o", "plain", "status", agent=1).rstrip("\n").split("\t")
     assert plain[:4] == ["a2", "zone2", "active", cluster.procs[1].address]
     table = cluster.ok("status")
-    assert "a1" in table and "PEER" in table and "a3" in table
+    assert "a1" in table and "PEER" in table and "a3" in table and "command level" in table
 
     nodes = cluster.json("nodes")["nodes"]
     assert [n["name"] for n in nodes] == ["a1", "a2", "a3"]

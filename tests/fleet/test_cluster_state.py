@@ -164,7 +164,10 @@ def test_register_with_a_new_node_id_is_a_rejoin() -> None:
         (["register", "a", "h:1", "n", True], "invalid_argument"),
         (["register", "a", "h:1", "n", 1.5], "invalid_argument"),
         (["register", "a", "h:1", "n"], "invalid_argument"),
-        (["register", "a", "h:1", "n", 1, 2], "invalid_argument"),
+        (["register", "a", "h:1", "n", 1, 2, 3], "invalid_argument"),
+        (["register", "a", "h:1", "n", 1, 0], "invalid_argument"),
+        (["register", "a", "h:1", "n", 1, True], "invalid_argument"),
+        (["register", "a", "h:1", "n", 1, "2"], "invalid_argument"),
         ([], "invalid_argument"),
         ("register", "invalid_argument"),
         ([7], "invalid_argument"),
@@ -298,6 +301,29 @@ def test_groups_short_without_counts_the_agents_the_caller_says_are_left() -> No
     assert cs.groups_short_without(state, "a") == []  # b, c, d are left
     assert cs.groups_short_without(state, "a", left=2) == ["g3"]  # one of them unreachable
     assert cs.groups_short_without(state, "a", left=1) == ["g2", "g3"]
+
+
+def test_the_cluster_level_is_what_every_agent_not_purged_speaks() -> None:
+    state = CT.new()
+    assert cs.cluster_level(state) == cs.LEVEL  # nobody to wait for
+    run(state, "register", "a", "10.0.0.1:7000", "id-a", NOW, 2)
+    run(state, "register", "b", "10.0.0.1:7001", "id-b", NOW)  # older code: no level
+    assert state["agents"]["a"]["speaks"] == 2 and "speaks" not in state["agents"]["b"]
+    assert cs.cluster_level(state) == 1
+    # b is upgraded and registers again: the level moves, and placement is told.
+    version = state["version"]
+    run(state, "register", "b", "10.0.0.1:7001", "id-b", NOW + 1, 3)
+    assert state["version"] == version + 1 and cs.cluster_level(state) == 2
+    run(state, "register", "c", "10.0.0.1:7002", "id-c", NOW, 1)
+    assert cs.cluster_level(state) == 1
+    run(state, "purge", "c", NOW + 2)  # a purged agent holds nobody back
+    assert cs.cluster_level(state) == 2
+    # The level survives a snapshot, and a malformed one is refused.
+    assert CT.restore(CT.snapshot(state)) == state
+    bad = copy.deepcopy(state)
+    bad["agents"]["a"]["speaks"] = 0
+    with pytest.raises(SnapshotError):
+        CT.restore(msgpack.packb(bad))
 
 
 def test_full_lifecycle_and_placement_membership() -> None:

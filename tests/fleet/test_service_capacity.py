@@ -19,10 +19,11 @@ from raftfleet_agent.fleet.service import CLUSTER, FleetError, FleetService
 NOW = 1_000
 
 
-def _state(*agents: tuple[str, str]) -> dict:
+def _state(*agents: tuple[str, str], level: int = cs.LEVEL) -> dict:
     st = cs.ClusterState.new()
     for i, (name, target) in enumerate(agents):
-        cs.ClusterState.command(st, ["register", name, f"10.0.0.1:{7000 + i}", f"id-{name}", NOW])
+        address = f"10.0.0.1:{7000 + i}"
+        cs.ClusterState.command(st, ["register", name, address, f"id-{name}", NOW, level])
         if target == "active":
             cs.ClusterState.command(st, ["activate", name, f"z{i}", NOW])
     cs.ClusterState.command(st, ["add_group", "g", 3, "counter", NOW])
@@ -112,3 +113,21 @@ async def test_drain_with_room_everywhere_is_left_to_the_replicated_check() -> N
     svc, proposed = _deactivating("a2", st3, down=set())
     await svc.deactivate()
     assert proposed == [["deactivate", "a2", True]]
+
+
+async def test_a_cluster_with_older_code_gets_the_unchecked_forms_checked_here() -> None:
+    # An agent speaking level 1 would refuse the 4-argument forms that the
+    # others apply: the replicas would disagree. So they are not proposed.
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"), level=1)
+    svc, proposed = _deactivating("a2", st, down=set())
+    await svc.deactivate()
+    assert proposed == [["deactivate", "a2"]]
+    st3 = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), level=1)
+    svc, proposed = _deactivating("a2", st3, down=set())
+    with pytest.raises(FleetError) as info:
+        await svc.deactivate()
+    assert info.value.code == "too_few_agents" and "leaves 2 active agent(s)" in str(info.value)
+    assert proposed == []
+    svc, proposed = _service("a1", down={"a4"})
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a4"]]
