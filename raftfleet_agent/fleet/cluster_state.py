@@ -62,9 +62,11 @@ from raftfleet_agent.statemachine.protocol import InvalidArgument, SnapshotError
 # The data type's name, as stored with the `__cluster__` group.
 DATA_TYPE_NAME: Final = "cluster"
 
-# The command level this code speaks. 1: the first commands (deactivate and
-# purge with 3 arguments, register with 5). 2: `keep_replicas` on deactivate
-# and purge, and the level itself as register's 6th argument.
+# The command level this code speaks. 1: the commands before levels existed
+# (deactivate and purge with 3 arguments, register with 5); agents without a
+# recorded level count as 1. 2, the first level of a release: `keep_replicas`
+# on deactivate and purge, and the level itself as register's 6th argument.
+# A later level must keep applying every earlier form unchanged.
 LEVEL: Final = 2
 KEEP_REPLICAS_LEVEL: Final = 2
 LEVEL_MAX: Final = 1_000_000  # a bound for validation only
