@@ -247,6 +247,9 @@ class AgentOps:
             ]
         }
 
+    async def op_forget(self, args: dict, events: Any) -> object:
+        return await self._fleet(self.agent.fleet.forget(args["agent"], force=args["force"]))
+
     async def op_drain_watch(self, args: dict, events: Any) -> object:
         """Stream the drain's progress until this agent hosts nothing (or the timeout)."""
         fleet = self.agent.fleet

@@ -269,6 +269,25 @@ def drain(state: State, timeout: float | None, detach: bool, force: bool) -> Non
 
 
 @main.command()
+@click.argument("agent")
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
+@pass_state
+def forget(state: State, agent: str, force: bool) -> None:
+    """Purge AGENT, which is gone for good, now instead of after the purge window.
+
+    Its replicas are rebuilt on other agents. Refused for an agent this one
+    can reach (drain it instead), and, unless --force, when too few reachable
+    active agents would be left for every group to keep all its replicas.
+    Run it on any other agent; if AGENT comes back it rejoins as inactive.
+    """
+    from raftfleet_cli.views import action_view
+
+    result = state.call("forget", f"forget {agent}", agent=agent, force=force)
+    view = action_view(("name", "state", "released"), result, name=agent)
+    _action(state, view, f"forgot {view['name']}: its replicas are being rebuilt elsewhere")
+
+
+@main.command()
 @pass_state
 def status(state: State) -> None:
     """This agent: name, zone, state, replica and leader counts, peers."""

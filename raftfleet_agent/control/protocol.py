@@ -151,8 +151,8 @@ ERROR_DESCRIPTIONS: Final[Mapping[str, str]] = types.MappingProxyType(
         "window, so the command cannot be safely applied",
         NOT_ACTIVE: "the agent must be active for this op",
         NOT_INACTIVE: "the agent must be inactive for this op",
-        TOO_FEW_AGENTS: "deactivating this agent would leave fewer active agents than a "
-        "group's replicas, so groups would shrink (force to accept that)",
+        TOO_FEW_AGENTS: "deactivating (or forgetting) the agent would leave fewer active "
+        "agents than a group's replicas, so groups would shrink (force to accept that)",
         UNAVAILABLE: "the agent cannot serve this now (starting, stopping, overloaded)",
         INTERNAL: "a bug in the agent; the agent log has the details",
     }
@@ -531,6 +531,7 @@ OPS: Final[Mapping[str, OpSpec]] = types.MappingProxyType(
             OpSpec("join", (Field("address", _address),)),
             OpSpec("activate", (Field("zone", _zone_name),)),
             OpSpec("deactivate", (Field("force", _boolean, False),)),
+            OpSpec("forget", (Field("agent", _agent_name), Field("force", _boolean, False))),
             OpSpec(
                 "drain_watch",
                 (Field("timeout_s", _seconds(WATCH_TIMEOUT_S_MAX), None),),

@@ -567,7 +567,8 @@ class FleetService:
             held = self._purge_held(st, name) if info["state"] == "active" else None
             if held is not None:
                 away = f"unreachable for {gone[name]:.0f} s"
-                self._say_held(name, f"not purging {name} ({away}): {held}")
+                until = "it stays in placement until another agent is active"
+                self._say_held(name, f"not purging {name} ({away}): {held}; {until}")
                 continue
             logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
             try:
@@ -588,8 +589,40 @@ class FleetService:
         short = cs.groups_short_without(st, name, left)
         if not short:
             return None
-        text = cs.too_few_agents_text(f"purging {name!r}", left, short)
-        return f"{text} that can be reached; it stays in placement until another agent is active"
+        return f"{cs.too_few_agents_text(f'purging {name!r}', left, short)} that can be reached"
+
+    async def forget(self, agent: str, *, force: bool = False) -> dict:
+        """Purge `agent` now, on an operator's word that it is gone for good.
+
+        What the purge window would do later (Consul's force-leave, etcd's
+        member remove): its replicas are rebuilt elsewhere. Refused for an
+        agent we can reach (drain it instead) and, unless forced, when the
+        groups would shrink for want of reachable agents.
+        """
+        st = await self.state()
+        info = st["agents"].get(agent)
+        if info is None:
+            raise FleetError(cs.NOT_FOUND, f"no agent {agent!r} in this cluster")
+        if agent == self.name or self._reachable(agent):
+            raise FleetError(
+                cs.INVALID_ARGUMENT,
+                f"{agent} is reachable from this agent: drain it instead "
+                "(`raftfleet drain` on it), then stop it",
+            )
+        if info["state"] == "purged":
+            return {"name": agent, "state": "purged", "released": []}
+        command: list = ["purge", agent, now_ms()]
+        if not force:
+            held = self._purge_held(st, agent) if info["state"] == "active" else None
+            if held is not None:
+                then = "activate another agent first, or force it and let those groups shrink"
+                raise FleetError(cs.TOO_FEW_AGENTS, f"{held}; {then}")
+            if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
+                command.append(True)
+        result = await self.propose(command)
+        logger.warning("purged %s at an operator's request (forget)", agent)
+        released = result.get("released", []) if isinstance(result, dict) else []
+        return {"name": agent, "state": "purged", "released": released}
 
     def _reachable_active_left(self, st: dict, leaving: str) -> int:
         return sum(

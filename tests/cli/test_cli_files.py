@@ -79,7 +79,7 @@ def test_man_pages_render_without_warnings(page: str) -> None:
 def test_raftfleet_1_documents_every_command_option_and_exit_code() -> None:
     text = _man_text("raftfleet.1")
     commands = _commands(main)
-    assert len(commands) == 17
+    assert len(commands) == 18
     for name in commands:
         assert re.search(rf"^\.(B|BI|BR|TP)\b.*\b{re.escape(name)}\b", text, re.M), name
     ctx = click.Context(main)

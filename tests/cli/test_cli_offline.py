@@ -500,3 +500,29 @@ def test_help_starts_fast() -> None:
     for command in ("join", "activate", "deactivate", "drain", "status", "nodes", "group",
                     "command", "query", "leader", "completion", "demo"):  # fmt: skip
         assert f"  {command} " in ran.stdout
+
+
+def test_forget_in_every_mode_and_its_refusals(fake_agent: FakeAgent) -> None:
+    from raftfleet_agent.control.protocol import ControlError
+
+    def forget(args: dict, ev: Any) -> dict:
+        if args["agent"] == "a2":
+            raise ControlError("invalid_argument", "a2 is reachable from this agent: drain it")
+        if not args["force"]:
+            raise ControlError("too_few_agents", "purging 'a3' leaves 2 active agent(s)")
+        return {"name": "a3", "state": "purged", "released": ["old"]}
+
+    fake_agent.answers["forget"] = forget
+    a = ("--addr", fake_agent.addr)
+    ran = run(*a, "forget", "a2")
+    assert ran.code == 1 and "drain it" in ran.stderr, ran
+    ran = run(*a, "forget", "a3")
+    assert ran.code == 1 and "--force" in ran.stderr, ran
+    ran = run(*a, "-o", "json", "forget", "a3", "--force")
+    assert ran.code == 0, ran
+    assert json.loads(ran.stdout) == {"name": "a3", "state": "purged", "released": ["old"]}
+    assert fake_agent.calls[-1] == ("forget", {"agent": "a3", "force": True})
+    assert run(*a, "-o", "plain", "forget", "a3", "--force").stdout == 'a3\tpurged\t["old"]\n'
+    assert "forgot a3" in run(*a, "forget", "a3", "--force").stdout
+    ran = run(*a, "forget", "bad/name")  # checked before anything is sent
+    assert ran.code == 2 and "agent" in ran.stderr and len(fake_agent.calls) == 5, ran

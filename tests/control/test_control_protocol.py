@@ -36,6 +36,7 @@ VALID = {
     "join": ({"address": "10.0.0.1:7000"}, {"address": "10.0.0.1:7000"}),
     "activate": ({"zone": "eu-1a"}, {"zone": "eu-1a"}),
     "deactivate": ({}, {"force": False}),
+    "forget": ({"agent": "a3"}, {"agent": "a3", "force": False}),
     "drain_watch": ({}, {"timeout_s": None}),
     "group_create": (
         {"name": "g1"},
@@ -68,6 +69,7 @@ INVALID = [
     ("group_delete", {}, "bad_request", "args.name"),
     ("group_status", {}, "bad_request", "args.name"),
     ("group_transfer", {"name": "g1"}, "bad_request", "args.agent"),
+    ("forget", {}, "bad_request", "args.agent"),
     ("group_recover", {"name": "g1"}, "bad_request", "args.force"),
     ("command", {"group": "g1"}, "bad_request", "args.arg"),
     ("command", {"arg": 1}, "bad_request", "args.group"),
@@ -157,6 +159,7 @@ INVALID = [
     ("group_create", {"name": "g1", "type": "pkg.mod:"}, "invalid_type", "args.type"),
     ("group_create", {"name": "g1", "type": "a" * 257}, "invalid_type", "args.type"),
     ("group_transfer", {"name": "g1", "agent": "a:b"}, "invalid_name", "args.agent"),
+    ("forget", {"agent": "a:b"}, "invalid_name", "args.agent"),
     ("activate", {"zone": "eu 1"}, "invalid_name", "args.zone"),
     ("leader", {"group": "__cluster__"}, "invalid_name", "args.group"),
     # unknown fields

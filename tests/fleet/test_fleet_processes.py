@@ -244,6 +244,37 @@ def test_groups_stay_quiet_while_an_agent_is_down_and_catch_it_up_after(tmp_path
         wait_for(lambda: awake() == [0, 0], 30, "the groups to go quiet again")
 
 
+def test_forget_rebuilds_a_dead_agents_replicas_without_waiting_for_the_purge(
+    tmp_path: Path,
+) -> None:
+    with agents(tmp_path, 4, first_octet=246, env=FAST) as procs:  # default 10 min window
+        _activate(procs, ["z1", "z2", "z3", "z4"])
+        groups = [f"f{i}" for i in range(6)]
+        for g in groups:
+            procs[0].call("group_create", name=g, timeout=30)
+        victim = procs[3]
+        with pytest.raises(ControlError) as info:
+            procs[0].call("forget", agent=victim.name)  # alive: drain it instead
+        assert info.value.code == "invalid_argument" and "drain" in str(info.value)
+        victim.kill()
+        wait_for(
+            lambda: procs[0].call("forget", agent=victim.name)["state"] == "purged",
+            20,
+            "forget to be accepted once the victim is unreachable",
+        )
+
+        def rebuilt() -> bool:
+            for g in groups:
+                members = {m["agent"] for m in _status(procs[0], g)["members"]}
+                if victim.name in members or len(members) != 3:
+                    return False
+            return True
+
+        wait_for(rebuilt, 60, "replicas rebuilt on the three live agents")
+        nodes = {n["name"]: n for n in procs[1].call("nodes")["nodes"]}
+        assert nodes[victim.name]["purged"]
+
+
 def test_delete_then_recreate_same_name(tmp_path: Path) -> None:
     with agents(tmp_path, 3, first_octet=151, env=FAST) as procs:
         _activate(procs, ["z1", "z2", "z3"])

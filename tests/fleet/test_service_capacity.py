@@ -131,3 +131,30 @@ async def test_a_cluster_with_older_code_gets_the_unchecked_forms_checked_here()
     svc, proposed = _service("a1", down={"a4"})
     await svc._maybe_purge(st)
     assert proposed == [["purge", "a4"]]
+
+
+async def test_forget_purges_an_unreachable_agent_now_and_refuses_the_rest() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _deactivating("a1", st, down={"a4"})
+    assert (await svc.forget("a4"))["state"] == "purged"
+    assert proposed == [["purge", "a4", True]]  # checked again in the replicated state
+    for agent, code in (
+        ("nobody", "not_found"),
+        ("a2", "invalid_argument"),
+        ("a1", "invalid_argument"),
+    ):
+        with pytest.raises(FleetError) as info:
+            await svc.forget(agent)
+        assert info.value.code == code, (agent, info.value)
+    assert len(proposed) == 1
+
+
+async def test_forget_that_would_shrink_groups_needs_force() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"))
+    svc, proposed = _deactivating("a1", st, down={"a3"})
+    with pytest.raises(FleetError) as info:
+        await svc.forget("a3")
+    assert info.value.code == "too_few_agents" and "force" in str(info.value)
+    assert proposed == []
+    await svc.forget("a3", force=True)
+    assert proposed == [["purge", "a3"]]  # the unchecked form: the groups shrink
