@@ -80,6 +80,14 @@ class FleetError(Exception):
         self.code = code
 
 
+def _checked(st: dict, command: list) -> list:
+    """`command` (deactivate or purge) with `keep_replicas`, checked again in the
+    replicated state, when every agent's code applies that form."""
+    if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
+        return [*command, True]
+    return command
+
+
 def sweep_slice_of(group: str) -> int:
     """Which slice of the full sweep re-checks `group` (the same on every agent)."""
     return zlib.crc32(group.encode()) % SWEEP_SLICES
@@ -260,12 +268,11 @@ class FleetService:
         if not force:
             st = await self.state()
             self._refuse_if_unreachable_capacity(st)
-            if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
-                command.append(True)
-            else:
+            if cs.cluster_level(st) < cs.KEEP_REPLICAS_LEVEL:
                 # Some agent's code would not apply the checked form: check
                 # here (racy, but the best an older cluster allows).
                 self._refuse_if_groups_shrink(st)
+            command = _checked(st, command)
         await self.propose(command)
         self._remote_read_s = float("-inf")  # draining now: the next round reads the state
         return {"name": self.name, "state": "draining"}
@@ -572,10 +579,7 @@ class FleetService:
                 continue
             logger.warning("purging %s: unreachable for %.0f s", name, gone[name])
             try:
-                command: list = ["purge", name, now_ms()]
-                if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
-                    command.append(True)  # checked again where every replica sees it
-                await self.propose(command)
+                await self.propose(_checked(st, ["purge", name, now_ms()]))
             except FleetError as e:
                 logger.info("purge %s: %s", name, e)
 
@@ -611,14 +615,13 @@ class FleetService:
             )
         if info["state"] == "purged":
             return {"name": agent, "state": "purged", "released": []}
-        command: list = ["purge", agent, now_ms()]
+        command = ["purge", agent, now_ms()]
         if not force:
             held = self._purge_held(st, agent) if info["state"] == "active" else None
             if held is not None:
                 then = "activate another agent first, or force it and let those groups shrink"
                 raise FleetError(cs.TOO_FEW_AGENTS, f"{held}; {then}")
-            if cs.cluster_level(st) >= cs.KEEP_REPLICAS_LEVEL:
-                command.append(True)
+            command = _checked(st, command)
         result = await self.propose(command)
         logger.warning("purged %s at an operator's request (forget)", agent)
         released = result.get("released", []) if isinstance(result, dict) else []
