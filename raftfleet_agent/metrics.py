@@ -436,6 +436,8 @@ def collect_agent(agent: Agent, control: Any = None) -> list[_Metric]:
         ("gauge", "raftfleet_replicas", "Replicas hosted here, cluster state excluded.", replicas),
         ("gauge", "raftfleet_leaders", "Replicas hosted here leading their group.", leaders),
         ("gauge", "raftfleet_replicas_all", "Replicas hosted here, all groups.", st.replicas),
+        ("gauge", "raftfleet_replicas_awake",
+         "Replicas not quiescent: ticked every tick (idle groups go quiet).", st.awake),
         ("counter", "raftfleet_loop_turns_total", "Turns of the multi-raft loop.", st.turns),
         ("counter", "raftfleet_store_batches_total", "Batches handed to the store.",
          st.store_batches),
@@ -453,6 +455,9 @@ def collect_agent(agent: Agent, control: Any = None) -> list[_Metric]:
          fleet.moves_in_flight),
         ("counter", "raftfleet_moves_done_total", "Reconciler steps completed.",
          fleet.moves_done),
+        ("gauge", "raftfleet_purges_held",
+         "Agents past the purge window kept in placement for want of room "
+         "(on the cluster-state leader's agent).", len(fleet.purges_held)),
     ]  # fmt: skip
     cstate = fleet.local_state()
     if cstate is not None:

@@ -128,6 +128,8 @@ class AgentOps:
                 # The command level every agent speaks (cluster_state.LEVEL is
                 # this agent's): below it, an upgrade is still rolling.
                 "level": cs.cluster_level(cstate) if cstate else None,
+                # Held here only on the cluster-state leader's agent.
+                "purges_held": sorted(fleet.purges_held),
                 "peers": {
                     n: {"address": addr, "reachable": bool(reach.get(n) and reach[n].connected)}
                     for n, addr in sorted(a.peers.addresses.items())

@@ -123,6 +123,9 @@ class FleetService:
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
         self._held_said: dict[str, float] = {}  # agent -> when we last said its purge is held
+        # Agents past the purge window whose purge waits for room (on the
+        # cluster-state leader's agent; empty elsewhere): status and metrics.
+        self.purges_held: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ cluster state
 
@@ -563,9 +566,11 @@ class FleetService:
     async def _maybe_purge(self, st: dict) -> None:
         cluster = self.host.replicas.get(CLUSTER)
         if cluster is None or not cluster.member.is_leader:
+            self.purges_held = frozenset()
             return
         window = self.agent.config.purge_window_s
         gone = self.unreachable()
+        held_now = set()
         for name, info in sorted(st["agents"].items()):
             if name == self.name or info["state"] not in ("active", "draining"):
                 continue
@@ -573,6 +578,7 @@ class FleetService:
                 continue
             held = self._purge_held(st, name) if info["state"] == "active" else None
             if held is not None:
+                held_now.add(name)
                 away = f"unreachable for {gone[name]:.0f} s"
                 until = "it stays in placement until another agent is active"
                 self._say_held(name, f"not purging {name} ({away}): {held}; {until}")
@@ -582,6 +588,7 @@ class FleetService:
                 await self.propose(_checked(st, ["purge", name, now_ms()]))
             except FleetError as e:
                 logger.info("purge %s: %s", name, e)
+        self.purges_held = frozenset(held_now)
 
     def _purge_held(self, st: dict, name: str) -> str | None:
         """Why purging `name` now would shrink groups (None: it would not).

@@ -299,6 +299,8 @@ FAMILIES = {
     "raftfleet_peer_up": "gauge",
     "raftfleet_moves_in_flight": "gauge",
     "raftfleet_moves_done_total": "counter",
+    "raftfleet_replicas_awake": "gauge",
+    "raftfleet_purges_held": "gauge",
     "raftfleet_control_requests_total": "counter",
     "raftfleet_raft_messages_sent_total": "counter",
 }
@@ -358,6 +360,7 @@ def test_agent_serves_metrics(tmp_path: Path) -> None:
         assert value(samples, "raftfleet_peer_bytes_received_total", peer="a2") > 0
         assert value(samples, "raftfleet_control_requests_total") >= 8
         assert value(samples, "raftfleet_moves_in_flight") == 0
+        assert value(samples, "raftfleet_purges_held") == 0
 
         assert _get(url.replace("/metrics", "/nope"))[0] == 404
         assert _get(url, method="POST")[0] == 405

@@ -190,6 +190,11 @@ def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) 
             return any(f"not purging {victim.name}" in p.log() for p in live[:2])
 
         wait_for(held, 30, "the cluster leader to hold the purge")
+
+        def held_by() -> list[list[str]]:
+            return [p.call("status")["cluster"]["purges_held"] for p in live[:2]]
+
+        wait_for(lambda: [victim.name] in held_by(), 10, "status to show the purge held")
         nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
         assert nodes[victim.name]["state"] == "active" and not nodes[victim.name]["purged"]
         for g in groups:
@@ -211,6 +216,7 @@ def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) 
         wait_for(rebuilt, 60, "replicas rebuilt on the new agent")
         nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
         assert nodes[victim.name]["purged"]
+        wait_for(lambda: held_by() == [[], []], 10, "no purge held any more")
 
 
 def test_groups_stay_quiet_while_an_agent_is_down_and_catch_it_up_after(tmp_path: Path) -> None:
