@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,19 @@ def _activate(procs: list[AgentProc], zones: list[str]) -> None:
 
 def _status(a: AgentProc, group: str) -> dict:
     return a.call("group_status", name=group)  # type: ignore[return-value]
+
+
+def _rebuilt(view: AgentProc, groups: list[str], gone: str) -> Callable[[], bool]:
+    """A condition: as `view` sees them, every group has 3 members, none on `gone`."""
+
+    def rebuilt() -> bool:
+        for g in groups:
+            members = {m["agent"] for m in _status(view, g)["members"]}
+            if gone in members or len(members) != 3:
+                return False
+        return True
+
+    return rebuilt
 
 
 def _all_converged(a: AgentProc, groups: list[str]) -> bool:
@@ -152,14 +166,7 @@ def test_dead_agent_is_purged_and_its_replicas_rebuilt(tmp_path: Path) -> None:
                 f"{g} to serve",
             )
 
-        def rebuilt() -> bool:
-            for g in groups:
-                members = {m["agent"] for m in _status(procs[0], g)["members"]}
-                if victim.name in members or len(members) != 3:
-                    return False
-            return True
-
-        wait_for(rebuilt, 60, "replicas rebuilt on the surviving agents")
+        wait_for(_rebuilt(procs[0], groups, victim.name), 60, "replicas rebuilt on the survivors")
         nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
         assert nodes[victim.name]["state"] == "inactive"
         victim.start()
@@ -206,14 +213,13 @@ def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) 
         assert info.value.code == "too_few_agents" and victim.name in str(info.value)
         wait_for(lambda: spare.call("activate", zone="z4"), 20, "the spare to activate")
 
-        def rebuilt() -> bool:
-            for g in groups:
-                members = {m["agent"] for m in _status(procs[0], g)["members"]}
-                if victim.name in members or members != {live[0].name, live[1].name, spare.name}:
-                    return False
-            return True
-
-        wait_for(rebuilt, 60, "replicas rebuilt on the new agent")
+        wait_for(_rebuilt(procs[0], groups, victim.name), 60, "replicas rebuilt on the spare")
+        for g in groups:
+            assert {m["agent"] for m in _status(procs[0], g)["members"]} == {
+                live[0].name,
+                live[1].name,
+                spare.name,
+            }
         nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
         assert nodes[victim.name]["purged"]
         wait_for(lambda: held_by() == [[], []], 10, "no purge held any more")
@@ -269,14 +275,7 @@ def test_forget_rebuilds_a_dead_agents_replicas_without_waiting_for_the_purge(
             "forget to be accepted once the victim is unreachable",
         )
 
-        def rebuilt() -> bool:
-            for g in groups:
-                members = {m["agent"] for m in _status(procs[0], g)["members"]}
-                if victim.name in members or len(members) != 3:
-                    return False
-            return True
-
-        wait_for(rebuilt, 60, "replicas rebuilt on the three live agents")
+        wait_for(_rebuilt(procs[0], groups, victim.name), 60, "replicas rebuilt on the three live")
         nodes = {n["name"]: n for n in procs[1].call("nodes")["nodes"]}
         assert nodes[victim.name]["purged"]
 

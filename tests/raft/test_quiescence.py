@@ -148,9 +148,14 @@ def test_a_woken_leader_counts_a_voter_healthy_only_once_it_answers_again() -> N
 # -- past followers on unreachable agents ------------------------------------------
 
 
-def _down(*agents: str):  # type: ignore[no-untyped-def]
-    gone = set(agents)
-    return lambda _frm, to: to in gone
+def quiet_past(*unreachable: str) -> Cluster:
+    """A quiet cluster (A leads, "x" applied) whose host calls `unreachable` agents down."""
+    gone = set(unreachable)
+    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=lambda _f, to: to in gone))
+    c.elect(A)
+    c.propose(A, "x")
+    c.run(8)
+    return c
 
 
 def test_a_leader_with_a_dead_follower_stays_awake_without_a_reachability_view() -> None:
@@ -165,10 +170,7 @@ def test_a_leader_with_a_dead_follower_stays_awake_without_a_reachability_view()
 def test_a_leader_goes_quiet_past_a_follower_on_an_unreachable_agent() -> None:
     # Otherwise every group with a replica on a dead agent heartbeats until the
     # agent is purged, or for ever when the purge waits for room.
-    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("c")))
-    c.elect(A)
-    c.propose(A, "x")
-    c.run(8)
+    c = quiet_past("c")
     c.crash(C)
     c.propose(A, "y")  # C misses it
     c.run(8)
@@ -186,10 +188,7 @@ def test_the_quiesce_heartbeat_never_commits_past_what_a_follower_holds() -> Non
     # Simulator seeds 105 and 133: a follower behind (on an unreachable agent,
     # holding other entries at those indexes) got the leader's whole commit
     # index with the quiesce heartbeat and applied its own entries.
-    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("c")))
-    c.elect(A)
-    c.propose(A, "x")
-    c.run(8)
+    c = quiet_past("c")
     c.isolate(C)
     c.propose(A, "y")
     c.run(8)
@@ -203,10 +202,7 @@ def test_a_quorum_must_have_answered_whatever_the_host_believes() -> None:
     # A leader woken from quiet has heard from nobody since: even when the host
     # calls every follower unreachable it must not fall quiet again (it would
     # lead for ever, with check-quorum never run).
-    c = Cluster(opts=options(quiesce_after_ticks=5, peer_unreachable=_down("b", "c")))
-    c.elect(A)
-    c.propose(A, "x")
-    c.run(8)
+    c = quiet_past("b", "c")
     assert c[A].quiescent
     c.isolate(A)
     c[A].wake()
