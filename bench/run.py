@@ -667,6 +667,9 @@ def sc_create_idle_restart(cfg: dict) -> tuple[dict, dict, dict]:
             log(f"idle {idle_big['groups']}: {idle_big}")
             restart = restart_measure(procs, n_small + grow["created"], cfg, budget)
             log(f"restart: {restart}")
+            if budget.left() >= cfg["idle_window"] + 20:
+                idle_big["one_agent_down"] = idle_one_down(procs, cfg, budget)
+                log(f"idle {idle_big['groups']}, one agent down: {idle_big['one_agent_down']}")
     create = {
         "groups_per_s": r(med([c["groups_per_s"] for c in create_runs]), 1),
         "groups": n_small,
@@ -715,6 +718,28 @@ def idle_measure(
         "replicas_per_agent": {n: st[n]["replicas"] for n in st},  # type: ignore[index]
         **q,
         "complete": bool(cpus) and q["settled"],
+    }
+
+
+def idle_one_down(procs: list[AgentProc], cfg: dict, budget: Budget) -> dict:
+    """kill -9 one agent (not purged: the window is 10 min) and measure the others idle.
+
+    Every group shares the dead agent; its leaders must quiesce past it, not
+    heartbeat it until the purge (or for ever, when the purge waits for room).
+    Not a target of the issue: a guard on what idle costs during an outage.
+    """
+    victim, live = procs[0], procs[1:]
+    victim.kill()
+    q = wait_quiescent(live, min(cfg["settle_max"], max(5, budget.left() - cfg["idle_window"])))
+    cpu = idle_window(live, cfg["idle_window"]) if budget.left() >= cfg["idle_window"] else {}
+    awake = {p.name: p.call("status", timeout=30)["loop"]["awake"] for p in live}  # type: ignore[index]
+    return {
+        "cpu_pct_per_agent": r(med(list(cpu.values())), 2) if cpu else None,
+        "cpu_pct_agent": {n: round(v, 2) for n, v in cpu.items()},
+        "awake_replicas": awake,
+        "window_s": cfg["idle_window"],
+        **q,
+        "complete": bool(cpu) and q["settled"],
     }
 
 
@@ -1170,7 +1195,11 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   agent writes to its store for 3 s (status "loop" counters); then CPU of each agent from
   `/proc/<pid>/stat` (utime+stime) over {get(res, "idle.groups_10000.window_s")} s windows (10k: median of the windows).
   **RSS per replica = (agent VmRSS now - the same agent's VmRSS after start and activation, before
-  any group) / replicas the agent hosts**; median over the agents.
+  any group) / replicas the agent hosts**; median over the agents. Last, after the restart,
+  one agent is killed (kill -9) and the two others measured idle the same way, with every
+  group sharing the dead agent: {get(res, "idle.groups_10000.one_agent_down.cpu_pct_per_agent")} % of a core per agent,
+  replicas still awake {get(res, "idle.groups_10000.one_agent_down.awake_replicas")}
+  (`idle.groups_10000.one_agent_down`; not a target).
 - **create**: 1,000 `group_create` calls (fleet placement, each returns once the group has a
   leader and a committed entry on a majority) by 32 concurrent creators spread over the agents,
   on a fresh cluster per repetition; groups/s = 1,000 / wall time.
