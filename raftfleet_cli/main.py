@@ -310,6 +310,7 @@ def status(state: State) -> None:
             ("cluster", cluster.get("id")),
             *([("command level", cluster["level"])] if cluster.get("level") is not None else []),
             *([("cluster state", cluster["state_error"])] if cluster.get("state_error") else []),
+            *_held_row(cluster.get("purges_held")),
             *status_metrics_rows(raw),
         ]
     )
@@ -319,6 +320,13 @@ def status(state: State) -> None:
             ("PEER", "ADDRESS", "REACHABLE"),
             [(n, p.get("address"), p.get("reachable")) for n, p in sorted(peers.items())],
         )
+
+
+def _held_row(held: object) -> list[tuple[str, object]]:
+    """The `purges held` row of status: agents past the purge window kept for want of room."""
+    if not isinstance(held, list) or not held:
+        return []
+    return [("purges held", f"{', '.join(map(str, held))} (no room: activate another agent)")]
 
 
 @main.command()

@@ -526,3 +526,16 @@ def test_forget_in_every_mode_and_its_refusals(fake_agent: FakeAgent) -> None:
     assert "forgot a3" in run(*a, "forget", "a3", "--force").stdout
     ran = run(*a, "forget", "bad/name")  # checked before anything is sent
     assert ran.code == 2 and "agent" in ran.stderr and len(fake_agent.calls) == 5, ran
+
+
+def test_status_table_names_held_purges_and_the_command_level(fake_agent: FakeAgent) -> None:
+    status = {
+        "name": "a1", "zone": "z1", "state": "active", "address": "10.0.0.1:7100",
+        "replicas": 3, "leaders": 1,
+        "cluster": {"id": "c1", "level": 2, "purges_held": ["a3"], "peers": {}},
+    }  # fmt: skip
+    fake_agent.answers["status"] = status
+    table = run("--addr", fake_agent.addr, "status").stdout
+    assert "purges held" in table and "a3 (no room" in table and "command level" in table
+    status["cluster"] = {"id": "c1", "level": 2, "purges_held": [], "peers": {}}
+    assert "purges held" not in run("--addr", fake_agent.addr, "status").stdout
