@@ -201,6 +201,7 @@ class AgentOps:
             for name in st["agents"]:  # type: ignore[index]
                 if name == self.agent.config.name or self.agent.transport.is_connected(name):
                     n.start_soon(ask, name)
+        down = self.agent.fleet.unreachable()
         nodes = []
         for name, info in sorted(st["agents"].items()):  # type: ignore[index]
             b = briefs.get(name, {})
@@ -214,6 +215,9 @@ class AgentOps:
                     "reachable": name in briefs,
                     "replicas": b.get("replicas"),
                     "leaders": b.get("leaders"),
+                    # How long this agent has been without a connection to it:
+                    # what an operator weighs before `forget` or a replacement.
+                    "down_s": None if name in briefs else down.get(name),
                     "purged": info["state"] == "purged",
                 }
             )

@@ -39,7 +39,10 @@ AGENT_STATES = ("inactive", "activating", "active", "draining")
 ROLES = ("leader", "follower", "learner")
 
 STATUS_FIELDS = ("name", "zone", "state", "address", "replicas", "leaders", "cluster")
-NODE_FIELDS = ("name", "zone", "state", "address", "reachable", "replicas", "leaders")
+# New fields go last: `-o plain` scripts read columns by position.
+NODE_FIELDS = (
+    "name", "zone", "state", "address", "reachable", "replicas", "leaders", "down_s",
+)  # fmt: skip
 GROUP_FIELDS = ("name", "replicas", "type", "leader")
 GROUP_STATUS_FIELDS = (
     "name", "type", "leader", "term", "commit_index", "members", "desired", "converged",
@@ -84,6 +87,13 @@ def _count(value: object) -> int | None:
     if isinstance(value, list | tuple | set | Mapping):
         return len(value)
     return None
+
+
+def _seconds(value: object) -> float | None:
+    """A duration in seconds; anything else (a bool, text, a negative number) is unknown."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        return None
+    return value
 
 
 def _agent_of(value: object) -> str | None:
@@ -151,6 +161,7 @@ def _node(name: object, raw: object) -> dict[str, Any]:
     node["leaders"] = _count(node["leaders"])
     if node["reachable"] is not None:
         node["reachable"] = bool(node["reachable"])
+    node["down_s"] = _seconds(node["down_s"])
     return node
 
 
@@ -175,12 +186,15 @@ def nodes_from_status(raw: object) -> dict[str, Any]:
     me = status_view(raw)
     nodes = [{**{key: me.get(key) for key in NODE_FIELDS}, "reachable": True}]
     peers = me["cluster"].get("peers")
+    down = me["cluster"].get("unreachable_s")
     if isinstance(peers, Mapping):
         for name, info in peers.items():
             node = _node(name, {})
             node["address"] = _get(info, "address")
             reachable = _get(info, "reachable")
             node["reachable"] = None if reachable is None else bool(reachable)
+            if node["reachable"] is False:
+                node["down_s"] = _seconds(_get(down, name))
             nodes.append(node)
     nodes.sort(key=lambda n: str(n["name"]))
     return {"nodes": nodes}

@@ -101,9 +101,18 @@ def test_status_and_nodes(cluster: Cluster) -> None:
     nodes = cluster.json("nodes")["nodes"]
     assert [n["name"] for n in nodes] == ["a1", "a2", "a3"]
     assert [n["zone"] for n in nodes] == ["zone1", "zone2", "zone1"]
-    assert set(nodes[0]) == {"name", "zone", "state", "address", "reachable", "replicas", "leaders"}
+    assert set(nodes[0]) == {
+        "name",
+        "zone",
+        "state",
+        "address",
+        "reachable",
+        "replicas",
+        "leaders",
+        "down_s",
+    }
     rows = [line.split("\t") for line in cluster.ok("-o", "plain", "nodes").splitlines()]
-    assert [r[0] for r in rows] == ["a1", "a2", "a3"] and all(len(r) == 7 for r in rows)
+    assert [r[0] for r in rows] == ["a1", "a2", "a3"] and all(len(r) == 8 for r in rows)
     assert "ZONE" in cluster.ok("nodes")
 
 

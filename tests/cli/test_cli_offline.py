@@ -120,8 +120,11 @@ def test_nodes_and_groups_views_accept_lists_and_maps() -> None:
     assert [n["name"] for n in nodes] == ["a", "b"]
     assert nodes[1] == {
         "name": "b", "zone": "z1", "state": "active", "address": None,
-        "reachable": None, "replicas": 2, "leaders": None,
+        "reachable": None, "replicas": 2, "leaders": None, "down_s": None,
     }  # fmt: skip
+    # A duration or nothing: never a bool, text or a negative number.
+    odd = [{"name": n, "down_s": v} for n, v in (("a", True), ("b", "1"), ("c", -1), ("d", 7.5))]
+    assert [n["down_s"] for n in views.nodes_view(odd)["nodes"]] == [None, None, None, 7.5]
     groups = views.group_list_view(["g2", {"name": "g1", "leader": "a1/3", "replicas": 3}])
     assert groups == {
         "groups": [
@@ -198,9 +201,9 @@ def test_unreadable_token_file_is_a_usage_error(tmp_path: Path) -> None:
 NODES = {
     "nodes": [
         {"name": "a2", "zone": "z2", "state": "draining", "address": "10.0.0.2:7100",
-         "reachable": False, "replicas": 1, "leaders": 0, "extra": 1},
+         "reachable": False, "replicas": 1, "leaders": 0, "down_s": 95.5, "extra": 1},
         {"name": "a1", "zone": "z1", "state": "active", "address": "10.0.0.1:7100",
-         "reachable": True, "replicas": 3, "leaders": 2},
+         "reachable": True, "replicas": 3, "leaders": 2, "down_s": None},
     ]
 }  # fmt: skip
 
@@ -213,8 +216,8 @@ def test_nodes_in_every_mode(fake_agent: FakeAgent) -> None:
     assert doc == {"nodes": expected}
     plain = run(*a, "-o", "plain", "nodes").stdout.splitlines()
     assert plain == [
-        "a1\tz1\tactive\t10.0.0.1:7100\ttrue\t3\t2",
-        "a2\tz2\tdraining\t10.0.0.2:7100\tfalse\t1\t0",
+        "a1\tz1\tactive\t10.0.0.1:7100\ttrue\t3\t2\t",
+        "a2\tz2\tdraining\t10.0.0.2:7100\tfalse\t1\t0\t95.5",
     ]
     table = run(*a, "nodes").stdout
     assert "NAME" in table and "REACHABLE" in table and "draining" in table and "\x1b" not in table
@@ -238,11 +241,18 @@ def test_nodes_falls_back_to_status_on_an_older_agent(fake_agent: FakeAgent) -> 
     fake_agent.answers["status"] = {
         "name": "a1", "zone": None, "state": "inactive", "address": "10.0.0.1:7100",
         "replicas": 0, "leaders": 0,
-        "cluster": {"peers": {"a2": {"address": "10.0.0.2:7100", "reachable": True}}},
+        "cluster": {
+            "peers": {
+                "a2": {"address": "10.0.0.2:7100", "reachable": True},
+                "a3": {"address": "10.0.0.3:7100", "reachable": False},
+            },
+            "unreachable_s": {"a3": 42.0},
+        },
     }  # fmt: skip
     doc = json.loads(run("--addr", fake_agent.addr, "-o", "json", "nodes").stdout)
-    assert [n["name"] for n in doc["nodes"]] == ["a1", "a2"]
+    assert [n["name"] for n in doc["nodes"]] == ["a1", "a2", "a3"]
     assert doc["nodes"][1]["reachable"] is True and doc["nodes"][1]["zone"] is None
+    assert [n["down_s"] for n in doc["nodes"]] == [None, None, 42.0]
     assert fake_agent.ops() == ["nodes", "status"]
 
 

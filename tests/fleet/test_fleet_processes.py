@@ -204,6 +204,9 @@ def test_dead_agent_stays_placed_until_there_is_room_to_rebuild(tmp_path: Path) 
         wait_for(lambda: [victim.name] in held_by(), 10, "status to show the purge held")
         nodes = {n["name"]: n for n in procs[0].call("nodes")["nodes"]}
         assert nodes[victim.name]["state"] == "active" and not nodes[victim.name]["purged"]
+        # How long it has been gone, as this agent saw it; nothing for the living.
+        assert nodes[victim.name]["down_s"] > 0 and not nodes[victim.name]["reachable"]
+        assert nodes[live[1].name]["down_s"] is None
         for g in groups:
             assert victim.name in {m["agent"] for m in _status(procs[0], g)["members"]}
             procs[1].call("command", group=g, arg="inc", timeout_s=1)  # two of three serve
