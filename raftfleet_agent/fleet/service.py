@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from raftfleet_agent.fleet import capacity
 from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.plans import PlanBook
 from raftfleet_agent.fleet.reconciler import Plan, Reconciler
@@ -281,36 +282,17 @@ class FleetService:
         return {"name": self.name, "state": "draining"}
 
     def _refuse_if_groups_shrink(self, st: dict) -> None:
-        short = cs.groups_short_without(st, self.name)
-        if short:
-            left = cs.active_left_without(st, self.name)
-            text = cs.too_few_agents_text(f"taking {self.name!r} out", left, short)
+        text = capacity.shrink_on_leave(st, self.name)
+        if text is not None:
             raise FleetError(
                 cs.TOO_FEW_AGENTS, f"{text}; activate another agent first, or force it"
             )
 
     def _refuse_if_unreachable_capacity(self, st: dict) -> None:
-        """Refuse a drain that counts on agents we cannot reach.
-
-        The replicated check counts every active agent; one that is down
-        but not yet purged would be the place this agent's replicas go, and
-        once it is purged they would have nowhere (fault campaign, seed 7815).
-        """
-        down = sorted(
-            n
-            for n, a in st["agents"].items()
-            if a["state"] == "active" and n != self.name and not self._reachable(n)
-        )
-        left = self._reachable_active_left(st, self.name)
-        short = cs.groups_short_without(st, self.name, left)
-        if not down or not short:
-            return  # with everyone reachable, the replicated check says it all
-        text = cs.too_few_agents_text(f"taking {self.name!r} out", left, short)
-        raise FleetError(
-            cs.TOO_FEW_AGENTS,
-            f"{text} that can be reached ({', '.join(down)} active but unreachable from "
-            "here); bring them back or activate another agent first, or force it",
-        )
+        text = capacity.unreachable_room(st, self.name, self._reachable)
+        if text is not None:
+            then = "bring them back or activate another agent first, or force it"
+            raise FleetError(cs.TOO_FEW_AGENTS, f"{text}; {then}")
 
     async def my_state(self) -> tuple[str, str | None]:
         """("inactive"|"activating"|"active"|"draining", zone) of this agent."""
@@ -576,7 +558,7 @@ class FleetService:
                 continue
             if gone.get(name, 0) <= window:
                 continue
-            held = self._purge_held(st, name) if info["state"] == "active" else None
+            held = capacity.purge_held(st, name, self._reachable)
             if held is not None:
                 held_now.add(name)
                 away = f"unreachable for {gone[name]:.0f} s"
@@ -589,18 +571,6 @@ class FleetService:
             except FleetError as e:
                 logger.info("purge %s: %s", name, e)
         self.purges_held = frozenset(held_now)
-
-    def _purge_held(self, st: dict, name: str) -> str | None:
-        """Why purging `name` now would shrink groups (None: it would not).
-
-        Counted over the active agents we can reach: purging one dead agent
-        must not count another dead one as the place its replicas go.
-        """
-        left = self._reachable_active_left(st, name)
-        short = cs.groups_short_without(st, name, left)
-        if not short:
-            return None
-        return f"{cs.too_few_agents_text(f'purging {name!r}', left, short)} that can be reached"
 
     async def forget(self, agent: str, *, force: bool = False) -> dict:
         """Purge `agent` now, on an operator's word that it is gone for good.
@@ -624,7 +594,7 @@ class FleetService:
             return {"name": agent, "state": "purged", "released": []}
         command = ["purge", agent, now_ms()]
         if not force:
-            held = self._purge_held(st, agent) if info["state"] == "active" else None
+            held = capacity.purge_held(st, agent, self._reachable)
             if held is not None:
                 then = "activate another agent first, or force it and let those groups shrink"
                 raise FleetError(cs.TOO_FEW_AGENTS, f"{held}; {then}")
@@ -633,13 +603,6 @@ class FleetService:
         logger.warning("purged %s at an operator's request (forget)", agent)
         released = result.get("released", []) if isinstance(result, dict) else []
         return {"name": agent, "state": "purged", "released": released}
-
-    def _reachable_active_left(self, st: dict, leaving: str) -> int:
-        return sum(
-            1
-            for n, a in st["agents"].items()
-            if a["state"] == "active" and n != leaving and self._reachable(n)
-        )
 
     def _say_held(self, agent: str, text: str) -> None:
         # Held every round for as long as the agent is away: say it now and then.
