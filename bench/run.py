@@ -5,6 +5,10 @@
     python -m bench --only write_1group,failover    # a subset (no RESULTS.md)
     python -m bench --profile  # py-spy of the leader agent during write_1group, 64 clients
 
+Scenarios (for --only): write_1group, read_1group, write_100groups, floor
+(bench/floor.py: the write loads on the agent's plumbing with no Raft, the
+ceiling for the write targets), failover, drain, create, idle, restart.
+
 Prints ONE JSON object (the last line of stdout) and a table on stderr.
 
 Rules kept by every scenario: 3 agents (drain: 4) as separate processes on
@@ -644,6 +648,35 @@ def sc_write_100groups(cfg: dict) -> dict:
 
 
 # --------------------------------------------------------------------------
+# The floor: the same loads on the agent's plumbing with no Raft in it (bench/floor.py)
+
+
+def sc_floor(cfg: dict) -> dict:
+    """Ceilings for write_100groups and write_1group's 64 clients, measured in this run."""
+    argv = [PY, str(ROOT / "bench" / "floor.py"), "--store", "sqlite"]
+    argv += ["--reps", str(cfg["reps"]), "--seconds", str(cfg["window"])]
+    budget = 60 + 2 * cfg["reps"] * (cfg["window"] + 6)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=budget, check=False)
+    if p.returncode != 0:
+        return {"complete": False, "error": p.stderr[-500:]}
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    res = out["floor"]
+    log(f"floor: 100 groups {brief(res['groups_100'])}; 1 group {brief(res['groups_1'])}")
+    return res
+
+
+def floor_ratios(res: dict) -> None:
+    """What the real agents do as a share of the floor (not a target: where the cost is)."""
+    for real_key, floor_key in (
+        ("write_100groups.ops_per_s", "groups_100"),
+        ("write_1group.clients_64.ops_per_s", "groups_1"),
+    ):
+        real, fl = get(res, real_key), get(res, f"floor.{floor_key}.ops_per_s")
+        if isinstance(real, int | float) and isinstance(fl, int | float) and fl:
+            res["floor"][floor_key]["real_share"] = round(real / fl, 3)
+
+
+# --------------------------------------------------------------------------
 # Scenario 3 + 6: create 1,000 groups (x reps), idle with 1,000; then grow to 10,000: idle, restart
 
 
@@ -1234,6 +1267,7 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   seconds until drain_watch reports complete; client errors = failed requests (after the
   agent's retries) during the whole window.
 """
+    text += _floor_section(res)
     if isinstance(prof, dict) and prof.get("top_self"):
         text += "\n## Profile of the leader agent, write_1group 64 clients (py-spy)\n\n"
         text += "| self % | function |\n| --- | --- |\n"
@@ -1244,6 +1278,37 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
         text += "\n" + misses.read_text()
     text += "\n## JSON of the run\n\n```json\n" + json.dumps(res, indent=1) + "\n```\n"
     path.write_text(text)
+
+
+def _floor_section(res: dict) -> str:
+    f100, f1 = get(res, "floor.groups_100"), get(res, "floor.groups_1")
+    if not isinstance(f100, dict) or not isinstance(f1, dict):
+        return ""
+    pso = get(res, "write_1group.clients_64.peers.pysyncobj.ops_per_s")
+    need = f"{2 * pso:,.0f}" if isinstance(pso, int | float) else "n/a"
+
+    def share(d: dict) -> str:
+        v = d.get("real_share")
+        return f"{v:.2f}" if isinstance(v, int | float) else "n/a"
+
+    return f"""
+## The floor: the same loads with no Raft at all (`bench/floor.py`, this run)
+
+Three processes on the agent's own plumbing (trio, framing, msgpack, the Raft
+message codec, one frame per peer per turn, the SQLite store with group commit)
+doing only what a 3-replica log must: the leader persists and sends each entry,
+the followers persist and acknowledge it, the leader answers once a majority has
+it on disk. No RaftMember, Ready, ticks, state machine, sessions or routing. What
+this does is an upper bound for any Raft built on this plumbing here.
+
+| load | floor ops/s | p99 s | real agents / floor | needed for the target |
+| --- | --- | --- | --- | --- |
+| 100 groups, 64 outstanding | {f100.get("ops_per_s")} | {f100.get("p99_s")} | {share(f100)} | 30,000 |
+| 1 group, 64 outstanding | {f1.get("ops_per_s")} | {f1.get("p99_s")} | {share(f1)} | {need} (2x PySyncObj) |
+
+CPU of the three floor processes (100 = one core): {f100.get("node_cpu_pct")} over 100
+groups, machine idle {f100.get("machine_idle_pct")} %.
+"""
 
 
 def _load_note(meta: dict) -> str:
@@ -1421,6 +1486,9 @@ def main(argv: list[str] | None = None) -> int:
             res["pysyncobj_runs"] = pso
         if want("write_100groups"):
             res["write_100groups"] = timed("write_100groups", lambda: sc_write_100groups(cfg))
+        if want("floor"):
+            res["floor"] = timed("floor", lambda: sc_floor(cfg))
+            floor_ratios(res)
         if want("failover"):
             res["failover"] = timed("failover", lambda: sc_failover(cfg))
         if want("drain"):
