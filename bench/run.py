@@ -477,7 +477,7 @@ def sc_pysyncobj(cfg: dict) -> dict:
                     nodes.clear()
             if leader is None:
                 raise RuntimeError("PySyncObj elected no leader in 3 starts")
-            ls = [socks[leader]]  # type: ignore[index]
+            ls = [str(leader)]
             wait_for(lambda ls=ls: framed_call(ls[0], "command"), 20, "a PySyncObj command")
             key = f"batch_{str(batch).lower()}"
             res[key] = {}
@@ -516,11 +516,12 @@ def framed_call(sock: str, op: str) -> object:
         return c.call(op, timeout=3)
 
 
-def pso_leader(socks: list[str]) -> int | None:
-    for i, s in enumerate(socks):
+def pso_leader(socks: list[str]) -> str | None:
+    """The leading node's socket. Not its index: wait_for takes node 0 (falsy) for "none yet"."""
+    for s in socks:
         with contextlib.suppress(Exception):
             if framed_call(s, "status")["is_leader"]:  # type: ignore[index]
-                return i
+                return s
     return None
 
 
