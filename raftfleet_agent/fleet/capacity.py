@@ -24,7 +24,7 @@ def reachable_active_left(st: dict, leaving: str, reachable: Reachable) -> int:
     return sum(
         1
         for n, a in st["agents"].items()
-        if a["state"] == "active" and n != leaving and reachable(n)
+        if a["state"] == cs.ACTIVE and n != leaving and reachable(n)
     )
 
 
@@ -47,7 +47,7 @@ def unreachable_room(st: dict, name: str, reachable: Reachable) -> str | None:
     down = sorted(
         n
         for n, a in st["agents"].items()
-        if a["state"] == "active" and n != name and not reachable(n)
+        if a["state"] == cs.ACTIVE and n != name and not reachable(n)
     )
     if not down:
         return None  # with everyone reachable, the replicated check says it all
@@ -66,7 +66,7 @@ def purge_held(st: dict, name: str, reachable: Reachable) -> str | None:
     not count another dead one as the place its replicas go. Only an active
     agent is held: a draining one's replicas are already being moved away.
     """
-    if st["agents"][name]["state"] != "active":
+    if st["agents"][name]["state"] != cs.ACTIVE:
         return None
     left = reachable_active_left(st, name, reachable)
     short = cs.groups_short_without(st, name, left)
