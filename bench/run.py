@@ -298,31 +298,36 @@ def loop_stats(p: AgentProc) -> tuple[int, int]:
 
 def wait_quiescent(procs: list[AgentProc], timeout: float, quiet_s: float = 3.0) -> dict:
     """Until no agent wrote to its store for `quiet_s` (status "loop" counters)."""
-    t0 = time.monotonic()
-    last = None
-    since = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        now = [loop_stats(p) for p in procs]
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return {"settled": True, "settle_s": round(time.monotonic() - t0, 1)}
-        time.sleep(0.5)
-    return {"settled": False, "settle_s": round(time.monotonic() - t0, 1)}
+    return _wait_unchanged(procs, loop_stats, timeout, quiet_s)
 
 
 def wait_settled(procs: list[AgentProc], timeout: float, after_s: float = 20.0) -> dict:
     """As wait_quiescent, and no reconciler move either, and not before `after_s`
     (the reconciler leaves a new leadership alone for 15 s before moving it)."""
+
+    def sample(p: AgentProc) -> tuple:
+        s = p.call("status", timeout=30)
+        return (s["loop"]["store_batches"], s["moves_done"], s["moves_in_flight"])  # type: ignore[index]
+
+    return _wait_unchanged(procs, sample, timeout, 3.0, after_s)
+
+
+def _wait_unchanged(
+    procs: list[AgentProc],
+    sample: Callable[[AgentProc], object],
+    timeout: float,
+    quiet_s: float,
+    after_s: float = 0.0,
+) -> dict:
+    """Until every agent's `sample` stayed the same for `quiet_s`, and `after_s` passed."""
     t0 = time.monotonic()
     last = None
     since = t0
     while time.monotonic() - t0 < timeout:
-        st = [p.call("status", timeout=30) for p in procs]
-        now = [(s["loop"]["store_batches"], s["moves_done"], s["moves_in_flight"]) for s in st]  # type: ignore[index]
+        now = [sample(p) for p in procs]
         if now != last:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 3.0 and time.monotonic() - t0 >= after_s:
+        elif time.monotonic() - since >= quiet_s and time.monotonic() - t0 >= after_s:
             return {"settled": True, "settle_s": round(time.monotonic() - t0, 1)}
         time.sleep(0.5)
     return {"settled": False, "settle_s": round(time.monotonic() - t0, 1)}
