@@ -466,6 +466,11 @@ async def test_a_command_is_answered_once_followers_commit_it_while_the_leaders_
     took = time.monotonic() - t0
     assert res.reply == 1
     assert took < 0.5 * delay, took
-    await _until(lambda: lead._in_flight == 0, 10)
     r = lead.replicas["slowlead"]
+    # Settled: no write in flight, none durable but unfinished (the member
+    # advances only when the loop finishes the turn), the commit handed out.
+    await _until(
+        lambda: lead._in_flight == 0 and not lead._durable and r.member.applied == r.member.commit,
+        10,
+    )
     assert r.applier.applied_index == r.member.applied == r.member.commit  # no entry twice
