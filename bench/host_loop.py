@@ -1,6 +1,7 @@
 """CPU per command of the replication path alone: three hosts in one process.
 
     .venv/bin/python bench/host_loop.py [--seconds S] [--store memory|sqlite] [--dir DIR]
+                                        [--groups 1,100]
 
 Three `MultiRaftHost`s (one per "agent") run in one trio loop; every frame
 between them goes through the real encoder, msgpack and the real decoder, as
@@ -171,10 +172,11 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="measured time per scenario")
     p.add_argument("--store", choices=("memory", "sqlite"), default="memory")
     p.add_argument("--dir", default="bench/out", help="where the sqlite stores go (a real disk)")
+    p.add_argument("--groups", default="1,100", help="comma-separated group counts to measure")
     a = p.parse_args()
     gc_policy.tune()
     results = {}
-    for n_groups in (1, 100):
+    for n_groups in (int(g) for g in a.groups.split(",")):
         Path(a.dir).mkdir(parents=True, exist_ok=True)
         root = Path(tempfile.mkdtemp(dir=a.dir, prefix="host-loop-"))
         try:
