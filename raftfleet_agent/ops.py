@@ -637,6 +637,13 @@ class AgentOps:
         replicas, leaders = self.agent.fleet.local_counts()
         return {"replicas": replicas, "leaders": leaders}
 
+    async def peer_reaches(self, peer: str, args: dict) -> object:
+        """Whether this agent has a connection to `agent` now (asked before a purge)."""
+        agent = args.get("agent")
+        if not isinstance(agent, str) or not agent:
+            raise RpcError("bad_request", "reaches: agent must be a non-empty string")
+        return {"agent": agent, "connected": self.agent.transport.is_connected(agent)}
+
     async def peer_hello(self, peer: str, args: dict) -> object:
         known = args.get("peers")
         if isinstance(known, dict):

@@ -270,14 +270,19 @@ def drain(state: State, timeout: float | None, detach: bool, force: bool) -> Non
 
 @main.command()
 @click.argument("agent")
-@click.option("--force", is_flag=True, help=_FORCE_HELP)
+@click.option(
+    "--force",
+    is_flag=True,
+    help=_FORCE_HELP[:-1] + "; and even if an agent could not say whether it reaches AGENT.",
+)
 @pass_state
 def forget(state: State, agent: str, force: bool) -> None:
     """Purge AGENT, which is gone for good, now instead of after the purge window.
 
-    Its replicas are rebuilt on other agents. Refused for an agent this one
-    can reach (drain it instead), and, unless --force, when too few reachable
-    active agents would be left for every group to keep all its replicas.
+    Its replicas are rebuilt on other agents. Refused for an agent this one,
+    or any agent it reaches, can still reach (drain it instead), and, unless
+    --force, when an agent could not be asked or too few reachable active
+    agents would be left for every group to keep all its replicas.
     Run it on any other agent; if AGENT comes back it rejoins as inactive.
     """
     from raftfleet_cli.views import action_view

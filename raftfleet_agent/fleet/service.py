@@ -13,7 +13,10 @@
   with at most `max_moves_in_flight` groups moving at once.
 - The cluster leader's agent purges agents unreachable for longer than the
   purge window from placement; their replicas are rebuilt elsewhere. Data is
-  never deleted because replicas look dead.
+  never deleted because replicas look dead. "Unreachable" is the cluster's
+  word, not one agent's: before purging (or forgetting) an agent, the other
+  agents we reach are asked whether they reach it, so a cut between one
+  agent and the cluster leader's never purges a live agent.
 - Draining = deactivated: the agent is out of placement, reconcilers move its
   replicas away, and once it hosts nothing it marks itself drained.
 """
@@ -92,6 +95,15 @@ def _checked(st: dict, command: list) -> list:
 def sweep_slice_of(group: str) -> int:
     """Which slice of the full sweep re-checks `group` (the same on every agent)."""
     return zlib.crc32(group.encode()) % SWEEP_SLICES
+
+
+def _seen_alive(reach: list[str], unasked: list[str]) -> str | None:
+    """Why `agent` may not be purged yet, from what the other agents said."""
+    if reach:
+        return f"{', '.join(reach)} still reach it: a cut between it and this agent, not a death"
+    if unasked:
+        return f"could not ask {', '.join(unasked)} whether they reach it"
+    return None
 
 
 def _sweep_slice_now() -> int:
@@ -527,6 +539,33 @@ class FleetService:
     def _reachable(self, agent: str) -> bool:
         return agent == self.name or self.agent.transport.is_connected(agent)
 
+    async def reached_elsewhere(self, agent: str) -> tuple[list[str], list[str]]:
+        """The other agents we reach that reach `agent`, and those we could not ask.
+
+        Our own connection is one link: a cut between this agent and `agent`
+        alone says nothing of whether `agent` is alive. An agent too old to
+        know the question has no view to offer and is left out.
+        """
+        peers = self.agent.peers.addresses
+        others = sorted(n for n in peers if n not in (self.name, agent) and self._reachable(n))
+        reach: list[str] = []
+        unasked: list[str] = []
+
+        async def ask(name: str) -> None:
+            try:
+                answer = await self._call(name, "reaches", {"agent": agent})
+            except RpcError as e:
+                if e.code != "unknown_op":
+                    unasked.append(name)
+                return
+            if isinstance(answer, dict) and answer.get("connected") is True:
+                reach.append(name)
+
+        async with trio.open_nursery() as nursery:
+            for name in others:
+                nursery.start_soon(ask, name)
+        return sorted(reach), sorted(unasked)
+
     def note_peer(self, peer: str, connected: bool) -> None:
         self._epoch += 1  # a peer came or went: settled groups may need work again
         if connected:
@@ -558,10 +597,15 @@ class FleetService:
                 continue
             if gone.get(name, 0) <= window:
                 continue
+            away = f"unreachable from here for {gone[name]:.0f} s"
+            alive = _seen_alive(*await self.reached_elsewhere(name))
+            if alive is not None:
+                held_now.add(name)
+                self._say_held(name, f"not purging {name} ({away}): {alive}")
+                continue
             held = capacity.purge_held(st, name, self._reachable)
             if held is not None:
                 held_now.add(name)
-                away = f"unreachable for {gone[name]:.0f} s"
                 until = "it stays in placement until another agent is active"
                 self._say_held(name, f"not purging {name} ({away}): {held}; {until}")
                 continue
@@ -577,8 +621,9 @@ class FleetService:
 
         What the purge window would do later (Consul's force-leave, etcd's
         member remove): its replicas are rebuilt elsewhere. Refused for an
-        agent we can reach (drain it instead) and, unless forced, when the
-        groups would shrink for want of reachable agents.
+        agent we or another agent can reach (drain it instead), and, unless
+        forced, when an agent we reach could not say whether it reaches it or
+        the groups would shrink for want of reachable agents.
         """
         st = await self.state()
         info = st["agents"].get(agent)
@@ -592,6 +637,19 @@ class FleetService:
             )
         if info["state"] == "purged":
             return {"name": agent, "state": "purged", "released": []}
+        reach, unasked = await self.reached_elsewhere(agent)
+        if reach:
+            raise FleetError(
+                cs.INVALID_ARGUMENT,
+                f"{agent} is reachable from {', '.join(reach)}: it is alive, only cut off from "
+                "this agent; drain it instead (`raftfleet drain` on it), then stop it",
+            )
+        if unasked and not force:
+            raise FleetError(
+                "unavailable",
+                f"could not ask {', '.join(unasked)} whether they reach {agent}; "
+                "retry, or force it if you know it is gone",
+            )
         command = ["purge", agent, now_ms()]
         if not force:
             held = capacity.purge_held(st, agent, self._reachable)

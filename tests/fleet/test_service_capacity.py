@@ -4,6 +4,10 @@ A dead agent that is not yet purged is still "active" in the replicated
 state. Counting it as room for other agents' replicas let a drain pass that
 shrank every group once it was purged; purging it with nowhere to rebuild
 shrank them too.
+
+And "unreachable" must be the cluster's view, not one agent's: a cut between
+the cluster leader's agent and one other agent alone must not purge that
+(live) agent, nor let an operator `forget` it from there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import pytest
 
 from raftfleet_agent.fleet import cluster_state as cs
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, FleetService
+from raftfleet_agent.host.rpc import RpcError, RpcTimeout
 
 NOW = 1_000
 
@@ -30,15 +35,48 @@ def _state(*agents: tuple[str, str], level: int = cs.LEVEL) -> dict:
     return st
 
 
-def _service(me: str, down: set[str], away_s: float = 100.0) -> tuple[FleetService, list]:
+AGENTS = ("a1", "a2", "a3", "a4", "a5")
+
+
+def _service(
+    me: str,
+    down: set[str],
+    away_s: float = 100.0,
+    *,
+    seen_by: dict[str, set[str]] | None = None,
+    silent: frozenset[str] = frozenset(),
+    old: frozenset[str] = frozenset(),
+) -> tuple[FleetService, list]:
+    """A service on `me` that cannot reach `down`.
+
+    `seen_by[x]`: the other agents that still reach x; `silent` agents do not
+    answer the question, `old` ones do not know it.
+    """
     svc = FleetService.__new__(FleetService)
     svc.name = me
     leader = SimpleNamespace(member=SimpleNamespace(is_leader=True))
     svc.host = SimpleNamespace(replicas={CLUSTER: leader})
-    svc.agent = SimpleNamespace(config=SimpleNamespace(purge_window_s=10.0))
+    svc.agent = SimpleNamespace(
+        config=SimpleNamespace(purge_window_s=10.0),
+        peers=SimpleNamespace(addresses={a: f"10.0.0.1:{7000 + i}" for i, a in enumerate(AGENTS)}),
+    )
     svc._held_said = {}
     svc.unreachable = lambda: dict.fromkeys(down, away_s)  # type: ignore[method-assign]
     svc._reachable = lambda agent: agent not in down  # type: ignore[method-assign]
+    asked: list = []
+
+    async def call(agent: str, op: str, args: dict) -> object:
+        assert agent != me and agent not in down, f"asked {agent}, which is not reachable"
+        asked.append((agent, op, args))
+        if agent in silent:
+            raise RpcTimeout(agent, op)
+        if agent in old:
+            raise RpcError("unknown_op", f"unknown peer call {op!r}")
+        reachers = (seen_by or {}).get(args["agent"], set())
+        return {"agent": args["agent"], "connected": agent in reachers}
+
+    svc._call = call  # type: ignore[method-assign]
+    svc.asked = asked  # type: ignore[attr-defined]
     proposed: list = []
 
     async def propose(command: list) -> object:
@@ -158,3 +196,58 @@ async def test_forget_that_would_shrink_groups_needs_force() -> None:
     assert proposed == []
     await svc.forget("a3", force=True)
     assert proposed == [["purge", "a3"]]  # the unchecked form: the groups shrink
+
+
+async def test_an_agent_cut_off_from_the_cluster_leader_alone_is_not_purged(caplog) -> None:  # type: ignore[no-untyped-def]
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _service("a1", down={"a4"}, seen_by={"a4": {"a3"}})
+    with caplog.at_level(logging.WARNING):
+        await svc._maybe_purge(st)
+    assert proposed == []
+    assert svc.purges_held == frozenset({"a4"})
+    said = [r.getMessage() for r in caplog.records if "not purging a4" in r.getMessage()]
+    assert len(said) == 1 and "a3 still reach it" in said[0], said
+    # Only the agents we reach are asked, each once, about a4.
+    assert sorted(a for a, _op, _args in svc.asked) == ["a2", "a3", "a5"]
+    assert {(op, args["agent"]) for _a, op, args in svc.asked} == {("reaches", "a4")}
+    # Once nobody reaches it, the purge goes ahead (checked form).
+    svc, proposed = _service("a1", down={"a4"})
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a4", True]] and svc.purges_held == frozenset()
+
+
+async def test_a_purge_waits_while_an_agent_we_reach_cannot_be_asked() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _service("a1", down={"a4"}, silent=frozenset({"a2"}))
+    await svc._maybe_purge(st)
+    assert proposed == [] and svc.purges_held == frozenset({"a4"})
+    # An agent too old to know the question offers no view: it does not hold the purge.
+    svc, proposed = _service("a1", down={"a4"}, old=frozenset({"a2", "a3"}))
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a4", True]]
+
+
+async def test_forget_is_refused_for_an_agent_another_agent_reaches() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _deactivating("a1", st, down={"a4"})
+    svc2, _ = _service("a1", down={"a4"}, seen_by={"a4": {"a2", "a3"}})
+    svc._call = svc2._call  # type: ignore[method-assign]
+    for force in (False, True):  # alive is alive: --force does not purge it
+        with pytest.raises(FleetError) as info:
+            await svc.forget("a4", force=force)
+        assert info.value.code == "invalid_argument", info.value
+        assert "reachable from a2, a3" in str(info.value) and "drain it" in str(info.value)
+    assert proposed == []
+
+
+async def test_forget_when_an_agent_cannot_be_asked_needs_force() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _deactivating("a1", st, down={"a4"})
+    svc2, _ = _service("a1", down={"a4"}, silent=frozenset({"a3"}))
+    svc._call = svc2._call  # type: ignore[method-assign]
+    with pytest.raises(FleetError) as info:
+        await svc.forget("a4")
+    assert info.value.code == "unavailable" and "could not ask a3" in str(info.value)
+    assert proposed == []
+    assert (await svc.forget("a4", force=True))["state"] == "purged"
+    assert proposed == [["purge", "a4"]]  # forced: the unchecked form

@@ -406,6 +406,7 @@ _SAFE_OPS = [
     "replica_status",
     "transfer",
     "brief",
+    "reaches",
     "command",
     "query",
     "drop_replica",

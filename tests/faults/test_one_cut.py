@@ -1,0 +1,76 @@
+"""A cut between two agents is not a death.
+
+When the network between the cluster-state leader's agent and one other
+agent fails, and only that link, the other agent is alive and serving: every
+other agent still reaches it. Purging it after the purge window (or letting
+an operator `forget` it from the cut-off side) would rebuild all its replicas
+for nothing and leave it inactive. Before either, the cluster leader's agent
+asks the agents it reaches whether they reach the agent; here they do.
+
+Four real agents; every peer byte crosses a FaultProxy, which resets the
+connections between the two agents for as long as the cut lasts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftfleet_cli.client import ControlError
+from tests.faults.proxy import FaultProxy
+from tests.procs import AgentProc, agents, connected_to_all, wait_for
+
+WINDOW_S = 3
+ENV = {"RAFTFLEET_RECONCILE_INTERVAL_S": "1", "RAFTFLEET_PURGE_WINDOW_S": str(WINDOW_S)}
+
+
+def _cluster_leader(procs: list[AgentProc]) -> AgentProc:
+    def leader() -> str | None:
+        names = {p.call("status")["cluster"]["leader"] for p in procs}  # type: ignore[index]
+        return names.pop() if len(names) == 1 and None not in names else None
+
+    name = wait_for(leader, 20, "one cluster-state leader seen by every agent")
+    return next(p for p in procs if p.name == name)
+
+
+def test_an_agent_cut_off_from_the_cluster_leader_alone_is_kept(tmp_path: Path) -> None:
+    with (
+        FaultProxy(seed=1) as proxy,
+        agents(tmp_path, 4, first_octet=91, start=False, env=ENV) as procs,
+    ):
+        advertised = {}
+        for a in procs:
+            host, port = proxy.add_agent(a.name, a.host, a.port)
+            advertised[a.name] = f"{host}:{port}"
+            a.extra_args = ["--advertise", advertised[a.name]]
+        for a in procs[1:]:
+            a.join = [advertised["a1"]]
+        for a in procs:
+            a.start()
+        wait_for(lambda: connected_to_all(procs), 30, "agents to connect")
+        for a, zone in zip(procs, ["z1", "z2", "z3", "z1"], strict=True):
+            a.call("activate", zone=zone)
+        procs[0].call("group_create", name="c0", timeout=30)
+
+        leader = _cluster_leader(procs)
+        cut = next(p for p in procs if p is not leader)
+        proxy.reject(leader.name, cut.name)
+
+        def held() -> bool:
+            return cut.name in leader.call("status")["cluster"]["purges_held"]  # type: ignore[index]
+
+        # Past the window the purge is due by this agent's view alone; it is held.
+        wait_for(held, 30, f"{leader.name} to hold the purge of {cut.name}")
+        assert "still reach it" in leader.log()
+        nodes = {n["name"]: n for n in leader.call("nodes")["nodes"]}  # type: ignore[index]
+        assert nodes[cut.name]["state"] == "active", nodes[cut.name]
+        assert nodes[cut.name]["down_s"] > WINDOW_S
+        with pytest.raises(ControlError) as info:
+            leader.call("forget", agent=cut.name, force=True)
+        assert info.value.code == "invalid_argument" and "reachable from" in str(info.value)
+
+        proxy.heal_all()
+        wait_for(lambda: not held(), 30, "the hold to end once the link is back")
+        states = {n["name"]: n["state"] for n in leader.call("nodes")["nodes"]}  # type: ignore[index]
+        assert states == dict.fromkeys(states, "active"), states
