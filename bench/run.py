@@ -8,11 +8,14 @@
 Scenarios (for --only): write_1group, read_1group, write_100groups, floor
 (bench/floor.py: the write loads on the agent's plumbing with no Raft, the
 ceiling for the write targets), failover, drain, create, idle, restart.
+write_1group also measures its 64 writers through a follower's agent and
+(full runs only) on agents run --in-memory, which says what the disk costs.
 
 Prints ONE JSON object (the last line of stdout) and a table on stderr.
 
 Rules kept by every scenario: 3 agents (drain: 4) as separate processes on
-127.0.0.x, durable SQLite store under bench/out/ (real disk, not tmpfs),
+127.0.0.x, durable SQLite store under bench/out/ (real disk, not tmpfs;
+the one --in-memory measure aside),
 clients in separate processes (bench/loadgen.py; cluster set-up, group
 creation and the failover/restart probes are in this process, which is not
 an agent), every loop bounded in count and time, every process stopped by
@@ -203,11 +206,13 @@ def http_specs(host: str, port: int, clients: int, op: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def fleet(n: int, octet: int, tag: str, zones: bool = True) -> Iterator[list[AgentProc]]:
+def fleet(
+    n: int, octet: int, tag: str, zones: bool = True, in_memory: bool = False
+) -> Iterator[list[AgentProc]]:
     OUT.mkdir(parents=True, exist_ok=True)
     d = tempfile.mkdtemp(dir=OUT, prefix=f"{tag}-")
     try:
-        with agents(Path(d), n, first_octet=octet) as procs:
+        with agents(Path(d), n, first_octet=octet, in_memory=in_memory) as procs:
             wait_for(lambda: connected_to_all(procs), 30, "agents to connect")
             if zones:
                 for i, p in enumerate(procs):
@@ -378,7 +383,23 @@ def sc_raftfleet_1group(cfg: dict) -> dict:
         if cfg.get("profile"):
             res["profile"] = profile_window(ldr, socks, cmd, cfg)
         run("read", "query", "get", {"timeout_s": 5})
+    if not cfg["quick"]:
+        res["write_64_in_memory"] = in_memory_write_64(cfg)
     return res
+
+
+def in_memory_write_64(cfg: dict) -> dict:
+    """The same 64 writers on agents run --in-memory: what the disk costs (not a target)."""
+    with fleet(3, 21, "w1m", in_memory=True) as procs:
+        procs[0].call("group_create", name="w", timeout=30)
+        socks = [leader_of(procs, "w").sock]
+        cmd = {"timeout_s": 5, "retries": 3}
+        m = repeat(
+            lambda: measure(framed_specs(socks, 64, "command", "inc", cmd), cfg["window"]),
+            cfg["reps"],
+        )
+    log(f"raftfleet write clients=64, agents --in-memory: {brief(m)}")
+    return m
 
 
 def profile_window(ldr: AgentProc, socks: list[str], cmd: dict, cfg: dict) -> dict:
@@ -1314,7 +1335,18 @@ this does is an upper bound for any Raft built on this plumbing here.
 
 CPU of the three floor processes (100 = one core): {f100.get("node_cpu_pct")} over 100
 groups, machine idle {f100.get("machine_idle_pct")} %.
-"""
+{_in_memory_line(res)}"""
+
+
+def _in_memory_line(res: dict) -> str:
+    mem = get(res, "write_1group.clients_64_in_memory")
+    if not isinstance(mem, dict):
+        return ""
+    return (
+        f"\nThe real agents with no disk at all (`--in-memory`, same 64 writers, this run): "
+        f"{mem.get('ops_per_s')} ops/s, p99 {mem.get('p99_s')} s; the durable agents do "
+        f"{mem.get('durable_share')} of it.\n"
+    )
 
 
 def _load_note(meta: dict) -> str:
@@ -1428,6 +1460,13 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
         if write["clients_64"].get("ops_per_s"):
             write["clients_64_via_follower"]["ratio_vs_leader"] = r(
                 via["ops_per_s"] / write["clients_64"]["ops_per_s"], 3
+            )
+    mem = rf.get("write_64_in_memory")
+    if mem:
+        write["clients_64_in_memory"] = dict(mem)
+        if write["clients_64"].get("ops_per_s"):
+            write["clients_64_in_memory"]["durable_share"] = r(
+                write["clients_64"]["ops_per_s"] / mem["ops_per_s"], 3
             )
     if "profile" in rf:
         write["clients_64"]["profile"] = rf["profile"]
