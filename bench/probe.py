@@ -55,26 +55,7 @@ def thread_ticks(pid: int) -> tuple[int, int]:
 def specs_for(procs: list[AgentProc], names: list[str]) -> list[dict]:
     if len(names) == 1:
         return R.framed_specs([R.leader_of(procs, names[0]).sock], 64, "command", "inc", CMD)
-    led: dict[str, list[str]] = {}
-    for g in names:
-        led.setdefault(R.leader_of(procs, g).name, []).append(g)
-    pairs = sorted(led.items())
-    out = []
-    for k in range(2):
-        conns = [pairs[(k * 4 + i) % len(pairs)] for i in range(4)]
-        out.append(
-            {
-                "proto": "framed",
-                "op": "command",
-                "arg": "inc",
-                "args": CMD,
-                "conns": 4,
-                "depth": 8,
-                "targets": [[R.by_name(procs, a).sock] for a, _ in conns],
-                "groups_per_conn": [gs for _, gs in conns],
-            }
-        )
-    return out
+    return R.spread_specs(procs, R.leaders_by_agent(procs, names))
 
 
 def sample(procs: list[AgentProc]) -> dict:

@@ -647,31 +647,45 @@ def sc_write_100groups(cfg: dict) -> dict:
         names = [f"g{i}" for i in range(100)]
         cr = create_groups(procs, names, budget)
         wait_quiescent(procs, 20, 1.0)
-        led: dict[str, list[str]] = {}
-        for g in names:
-            led.setdefault(leader_of(procs, g).name, []).append(g)
-        pairs = sorted(led.items())
-        specs = []
-        for k in range(2):  # 2 processes x 4 connections x 8 deep = 64 outstanding
-            conns = [pairs[(k * 4 + i) % len(pairs)] for i in range(4)]
-            specs.append(
-                {
-                    "proto": "framed",
-                    "op": "command",
-                    "arg": "inc",
-                    "args": {"timeout_s": 5, "retries": 3},
-                    "conns": 4,
-                    "depth": 8,
-                    "targets": [[by_name(procs, a).sock] for a, _ in conns],
-                    "groups_per_conn": [gs for _, gs in conns],
-                }
-            )
+        led = leaders_by_agent(procs, names)
+        specs = spread_specs(procs, led)
         m = repeat(lambda: measure(specs, cfg["window"]), cfg["reps"])
-        m["leaders_per_agent"] = {a: len(gs) for a, gs in pairs}
+        m["leaders_per_agent"] = {a: len(gs) for a, gs in sorted(led.items())}
         m["groups_created"] = cr["created"]
         m["complete"] = cr["complete"] and not budget.exceeded
         log(f"write_100groups: {brief(m)}")
         return m
+
+
+def leaders_by_agent(procs: list[AgentProc], groups: list[str]) -> dict[str, list[str]]:
+    led: dict[str, list[str]] = {}
+    for g in groups:
+        led.setdefault(leader_of(procs, g).name, []).append(g)
+    return led
+
+
+def spread_specs(procs: list[AgentProc], led: dict[str, list[str]]) -> list[dict]:
+    """64 writers over many groups: each connection to one leader's agent, on its groups.
+
+    2 processes x 4 connections x 8 deep = 64 outstanding.
+    """
+    pairs = sorted(led.items())
+    specs = []
+    for k in range(2):
+        conns = [pairs[(k * 4 + i) % len(pairs)] for i in range(4)]
+        specs.append(
+            {
+                "proto": "framed",
+                "op": "command",
+                "arg": "inc",
+                "args": {"timeout_s": 5, "retries": 3},
+                "conns": 4,
+                "depth": 8,
+                "targets": [[by_name(procs, a).sock] for a, _ in conns],
+                "groups_per_conn": [gs for _, gs in conns],
+            }
+        )
+    return specs
 
 
 # --------------------------------------------------------------------------
