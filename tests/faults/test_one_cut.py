@@ -26,11 +26,23 @@ ENV = {"RAFTFLEET_RECONCILE_INTERVAL_S": "1", "RAFTFLEET_PURGE_WINDOW_S": str(WI
 
 
 def _cluster_leader(procs: list[AgentProc]) -> AgentProc:
-    def leader() -> str | None:
-        names = {p.call("status")["cluster"]["leader"] for p in procs}  # type: ignore[index]
-        return names.pop() if len(names) == 1 and None not in names else None
+    """The cluster-state leader's agent, once the group has its voters.
 
-    name = wait_for(leader, 20, "one cluster-state leader seen by every agent")
+    While it grows from its founder to its voters, cutting one link can take
+    its majority away (two voters): the cut must come after.
+    """
+
+    def settled() -> str | None:
+        seen = {
+            (c["leader"], tuple(c["voters"] or ()))
+            for c in (p.call("status")["cluster"] for p in procs)  # type: ignore[index]
+        }
+        if len(seen) != 1:
+            return None
+        leader, voters = seen.pop()
+        return leader if leader is not None and len(voters) >= 3 else None
+
+    name = wait_for(settled, 30, "every agent to see one cluster-state leader and 3+ voters")
     return next(p for p in procs if p.name == name)
 
 
@@ -61,7 +73,11 @@ def test_an_agent_cut_off_from_the_cluster_leader_alone_is_kept(tmp_path: Path) 
             return cut.name in leader.call("status")["cluster"]["purges_held"]  # type: ignore[index]
 
         # Past the window the purge is due by this agent's view alone; it is held.
-        wait_for(held, 30, f"{leader.name} to hold the purge of {cut.name}")
+        try:
+            wait_for(held, 30, f"{leader.name} to hold the purge of {cut.name}")
+        except AssertionError:
+            seen = {p.name: p.call("status")["cluster"] for p in procs}  # type: ignore[index]
+            raise AssertionError(f"no hold; cluster as each agent sees it: {seen}") from None
         assert "still reach it" in leader.log()
         nodes = {n["name"]: n for n in leader.call("nodes")["nodes"]}  # type: ignore[index]
         assert nodes[cut.name]["state"] == "active", nodes[cut.name]
