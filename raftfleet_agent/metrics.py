@@ -456,8 +456,9 @@ def collect_agent(agent: Agent, control: Any = None) -> list[_Metric]:
         ("counter", "raftfleet_moves_done_total", "Reconciler steps completed.",
          fleet.moves_done),
         ("gauge", "raftfleet_purges_held",
-         "Agents past the purge window kept in placement for want of room "
-         "(on the cluster-state leader's agent).", len(fleet.purges_held)),
+         "Agents past the purge window kept in placement: no room for their replicas, "
+         "or other agents still reach them (on the cluster-state leader's agent).",
+         len(fleet.purges_held)),
     ]  # fmt: skip
     cstate = fleet.local_state()
     if cstate is not None:

@@ -130,6 +130,7 @@ class AgentOps:
                 "level": cs.cluster_level(cstate) if cstate else None,
                 # Held here only on the cluster-state leader's agent.
                 "purges_held": sorted(fleet.purges_held),
+                "purges_held_why": dict(sorted(fleet.purge_holds.items())),
                 "peers": {
                     n: {"address": addr, "reachable": bool(reach.get(n) and reach[n].connected)}
                     for n, addr in sorted(a.peers.addresses.items())

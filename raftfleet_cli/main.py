@@ -315,7 +315,7 @@ def status(state: State) -> None:
             ("cluster", cluster.get("id")),
             *([("command level", cluster["level"])] if cluster.get("level") is not None else []),
             *([("cluster state", cluster["state_error"])] if cluster.get("state_error") else []),
-            *_held_row(cluster.get("purges_held")),
+            *_held_row(cluster.get("purges_held"), cluster.get("purges_held_why")),
             *status_metrics_rows(raw),
         ]
     )
@@ -327,11 +327,18 @@ def status(state: State) -> None:
         )
 
 
-def _held_row(held: object) -> list[tuple[str, object]]:
-    """The `purges held` row of status: agents past the purge window kept for want of room."""
+def _held_row(held: object, why: object) -> list[tuple[str, object]]:
+    """The `purges held` row of status: agents past the purge window kept, and why.
+
+    Agents older than `purges_held_why` hold purges only for want of room.
+    """
     if not isinstance(held, list) or not held:
         return []
-    return [("purges held", f"{', '.join(map(str, held))} (no room: activate another agent)")]
+    reasons = why if isinstance(why, dict) else {}
+    text = "; ".join(
+        f"{name} ({reasons.get(name, 'no room: activate another agent')})" for name in held
+    )
+    return [("purges held", text)]
 
 
 @main.command()

@@ -97,10 +97,13 @@ def sweep_slice_of(group: str) -> int:
     return zlib.crc32(group.encode()) % SWEEP_SLICES
 
 
+NO_ROOM = "no room: activate another agent"
+
+
 def _seen_alive(reach: list[str], unasked: list[str]) -> str | None:
-    """Why `agent` may not be purged yet, from what the other agents said."""
+    """Why an agent may not be purged yet, from what the other agents said."""
     if reach:
-        return f"{', '.join(reach)} still reach it: a cut between it and this agent, not a death"
+        return f"{', '.join(reach)} still reach it: a network cut, not a death"
     if unasked:
         return f"could not ask {', '.join(unasked)} whether they reach it"
     return None
@@ -136,9 +139,9 @@ class FleetService:
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
         self._held_said: dict[str, float] = {}  # agent -> when we last said its purge is held
-        # Agents past the purge window whose purge waits for room (on the
+        # Agents past the purge window whose purge waits, and why (on the
         # cluster-state leader's agent; empty elsewhere): status and metrics.
-        self.purges_held: frozenset[str] = frozenset()
+        self.purge_holds: dict[str, str] = {}
 
     # ------------------------------------------------------------ cluster state
 
@@ -584,14 +587,18 @@ class FleetService:
                 out[name] = round(now - since, 1)
         return out
 
+    @property
+    def purges_held(self) -> frozenset[str]:
+        return frozenset(self.purge_holds)
+
     async def _maybe_purge(self, st: dict) -> None:
         cluster = self.host.replicas.get(CLUSTER)
         if cluster is None or not cluster.member.is_leader:
-            self.purges_held = frozenset()
+            self.purge_holds = {}
             return
         window = self.agent.config.purge_window_s
         gone = self.unreachable()
-        held_now = set()
+        holds: dict[str, str] = {}
         for name, info in sorted(st["agents"].items()):
             if name == self.name or info["state"] not in ("active", "draining"):
                 continue
@@ -600,12 +607,12 @@ class FleetService:
             away = f"unreachable from here for {gone[name]:.0f} s"
             alive = _seen_alive(*await self.reached_elsewhere(name))
             if alive is not None:
-                held_now.add(name)
+                holds[name] = alive
                 self._say_held(name, f"not purging {name} ({away}): {alive}")
                 continue
             held = capacity.purge_held(st, name, self._reachable)
             if held is not None:
-                held_now.add(name)
+                holds[name] = NO_ROOM
                 until = "it stays in placement until another agent is active"
                 self._say_held(name, f"not purging {name} ({away}): {held}; {until}")
                 continue
@@ -614,7 +621,7 @@ class FleetService:
                 await self.propose(_checked(st, ["purge", name, now_ms()]))
             except FleetError as e:
                 logger.info("purge %s: %s", name, e)
-        self.purges_held = frozenset(held_now)
+        self.purge_holds = holds
 
     async def forget(self, agent: str, *, force: bool = False) -> dict:
         """Purge `agent` now, on an operator's word that it is gone for good.

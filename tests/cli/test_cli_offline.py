@@ -547,5 +547,13 @@ def test_status_table_names_held_purges_and_the_command_level(fake_agent: FakeAg
     fake_agent.answers["status"] = status
     table = run("--addr", fake_agent.addr, "status").stdout
     assert "purges held" in table and "a3 (no room" in table and "command level" in table
+    # Agents that say why: one held for room, one that others still reach.
+    status["cluster"] = {
+        "id": "c1", "level": 2, "purges_held": ["a3", "a4"], "peers": {},
+        "purges_held_why": {"a3": "no room: activate another agent",
+                            "a4": "a2 still reach it: a network cut, not a death"},
+    }  # fmt: skip
+    table = run("--addr", fake_agent.addr, "status", env={"COLUMNS": "200"}).stdout
+    assert "a3 (no room: activate another agent); a4 (a2 still reach it: a network cut" in table
     status["cluster"] = {"id": "c1", "level": 2, "purges_held": [], "peers": {}}
     assert "purges held" not in run("--addr", fake_agent.addr, "status").stdout

@@ -79,6 +79,8 @@ def test_an_agent_cut_off_from_the_cluster_leader_alone_is_kept(tmp_path: Path) 
             seen = {p.name: p.call("status")["cluster"] for p in procs}  # type: ignore[index]
             raise AssertionError(f"no hold; cluster as each agent sees it: {seen}") from None
         assert "still reach it" in leader.log()
+        why = leader.call("status")["cluster"]["purges_held_why"]  # type: ignore[index]
+        assert "still reach it: a network cut" in why[cut.name], why
         nodes = {n["name"]: n for n in leader.call("nodes")["nodes"]}  # type: ignore[index]
         assert nodes[cut.name]["state"] == "active", nodes[cut.name]
         assert nodes[cut.name]["down_s"] > WINDOW_S
