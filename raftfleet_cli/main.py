@@ -233,6 +233,11 @@ _FORCE_HELP = (
     "Go ahead even if too few active agents would be left for every group to keep "
     "all its replicas (those groups shrink, and tolerate fewer failures)."
 )
+_FORGET_FORCE_HELP = (
+    "Go ahead even if too few active agents would be left for every group to keep "
+    "all its replicas (those groups shrink), or an agent could not say whether it "
+    "still reaches AGENT. Never for an agent another agent reaches."
+)
 
 
 @main.command()
@@ -270,11 +275,7 @@ def drain(state: State, timeout: float | None, detach: bool, force: bool) -> Non
 
 @main.command()
 @click.argument("agent")
-@click.option(
-    "--force",
-    is_flag=True,
-    help=_FORCE_HELP[:-1] + "; and even if an agent could not say whether it reaches AGENT.",
-)
+@click.option("--force", is_flag=True, help=_FORGET_FORCE_HELP)
 @pass_state
 def forget(state: State, agent: str, force: bool) -> None:
     """Purge AGENT, which is gone for good, now instead of after the purge window.
