@@ -390,7 +390,7 @@ def sc_raftfleet_1group(cfg: dict) -> dict:
 
 def in_memory_write_64(cfg: dict) -> dict:
     """The same 64 writers on agents run --in-memory: what the disk costs (not a target)."""
-    with fleet(3, 21, "w1m", in_memory=True) as procs:
+    with fleet(3, 51, "w1m", in_memory=True) as procs:
         procs[0].call("group_create", name="w", timeout=30)
         socks = [leader_of(procs, "w").sock]
         cmd = {"timeout_s": 5, "retries": 3}
