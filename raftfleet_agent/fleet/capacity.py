@@ -1,7 +1,8 @@
 """Would groups shrink? The room checks behind drain, forget and the purge window.
 
 Pure functions of a cluster state (as `cluster_state` keeps it) and of who
-this agent can reach; each returns why an agent may not leave placement now,
+the cluster can reach (this agent, or an agent it reaches: the service asks
+them); each returns why an agent may not leave placement now,
 or None. The service asks them before it proposes a `deactivate` or a
 `purge`. The replicated state machine repeats the check that needs no
 reachability (`cluster_state.groups_short_without`, every active agent
@@ -20,7 +21,7 @@ Reachable = Callable[[str], bool]
 
 
 def reachable_active_left(st: dict, leaving: str, reachable: Reachable) -> int:
-    """Active agents other than `leaving` that this agent can reach."""
+    """Active agents other than `leaving` that can be reached."""
     return sum(
         1
         for n, a in st["agents"].items()
@@ -38,7 +39,7 @@ def shrink_on_leave(st: dict, name: str) -> str | None:
 
 
 def unreachable_room(st: dict, name: str, reachable: Reachable) -> str | None:
-    """Why draining `name` counts on active agents this agent cannot reach.
+    """Why draining `name` counts on active agents that cannot be reached.
 
     The replicated check counts every active agent; one that is down but not
     yet purged would be the place this agent's replicas go, and once it is
@@ -56,13 +57,14 @@ def unreachable_room(st: dict, name: str, reachable: Reachable) -> str | None:
     if not short:
         return None
     text = cs.too_few_agents_text(f"taking {name!r} out", left, short)
-    return f"{text} that can be reached ({', '.join(down)} active but unreachable from here)"
+    where = "from here and from the agents this one reaches"
+    return f"{text} that can be reached ({', '.join(down)} active but unreachable {where})"
 
 
 def purge_held(st: dict, name: str, reachable: Reachable) -> str | None:
     """Why purging `name` now would shrink groups (None: it would not).
 
-    Counted over the active agents we can reach: purging one dead agent must
+    Counted over the active agents that can be reached: purging one dead agent must
     not count another dead one as the place its replicas go. Only an active
     agent is held: a draining one's replicas are already being moved away.
     """

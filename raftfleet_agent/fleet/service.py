@@ -109,6 +109,14 @@ def _seen_alive(reach: list[str], unasked: list[str]) -> str | None:
     return None
 
 
+def _reach_predicate(
+    here: capacity.Reachable, views: dict[str, tuple[list[str], list[str]]]
+) -> capacity.Reachable:
+    """Reached from here, or by an agent we reach (`views`: what they said)."""
+    elsewhere = {a for a, (reach, _unasked) in views.items() if reach}
+    return lambda agent: here(agent) or agent in elsewhere
+
+
 def _sweep_slice_now() -> int:
     return int(time.monotonic() / (FULL_SWEEP_S / SWEEP_SLICES)) % SWEEP_SLICES
 
@@ -286,7 +294,7 @@ class FleetService:
         command = ["deactivate", self.name, now_ms()]
         if not force:
             st = await self.state()
-            self._refuse_if_unreachable_capacity(st)
+            self._refuse_if_unreachable_capacity(st, await self.cluster_reach(st))
             if cs.cluster_level(st) < cs.KEEP_REPLICAS_LEVEL:
                 # Some agent's code would not apply the checked form: check
                 # here (racy, but the best an older cluster allows).
@@ -303,8 +311,8 @@ class FleetService:
                 cs.TOO_FEW_AGENTS, f"{text}; activate another agent first, or force it"
             )
 
-    def _refuse_if_unreachable_capacity(self, st: dict) -> None:
-        text = capacity.unreachable_room(st, self.name, self._reachable)
+    def _refuse_if_unreachable_capacity(self, st: dict, reachable: capacity.Reachable) -> None:
+        text = capacity.unreachable_room(st, self.name, reachable)
         if text is not None:
             then = "bring them back or activate another agent first, or force it"
             raise FleetError(cs.TOO_FEW_AGENTS, f"{text}; {then}")
@@ -569,6 +577,26 @@ class FleetService:
                 nursery.start_soon(ask, name)
         return sorted(reach), sorted(unasked)
 
+    async def views_of(self, agents: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+        """`reached_elsewhere` for each of `agents`."""
+        return {a: await self.reached_elsewhere(a) for a in agents}
+
+    async def cluster_reach(self, st: dict) -> capacity.Reachable:
+        """Who can take replicas: agents this one reaches, or one it reaches does.
+
+        One link down between this agent and a live one must not make that
+        agent count as no room.
+        """
+        views = await self.views_of(self._active_away(st))
+        return _reach_predicate(self._reachable, views)
+
+    def _active_away(self, st: dict) -> list[str]:
+        return sorted(
+            n
+            for n, a in st["agents"].items()
+            if a["state"] in (cs.ACTIVE, cs.DRAINING) and not self._reachable(n)
+        )
+
     def note_peer(self, peer: str, connected: bool) -> None:
         self._epoch += 1  # a peer came or went: settled groups may need work again
         if connected:
@@ -599,18 +627,21 @@ class FleetService:
         window = self.agent.config.purge_window_s
         gone = self.unreachable()
         holds: dict[str, str] = {}
-        for name, info in sorted(st["agents"].items()):
-            if name == self.name or info["state"] not in ("active", "draining"):
-                continue
-            if gone.get(name, 0) <= window:
-                continue
+        away_all = self._active_away(st)
+        due = [n for n in away_all if gone.get(n, 0) > window]
+        if not due:
+            self.purge_holds = holds
+            return
+        views = await self.views_of(away_all)
+        reachable = _reach_predicate(self._reachable, views)
+        for name in due:
             away = f"unreachable from here for {gone[name]:.0f} s"
-            alive = _seen_alive(*await self.reached_elsewhere(name))
+            alive = _seen_alive(*views[name])
             if alive is not None:
                 holds[name] = alive
                 self._say_held(name, f"not purging {name} ({away}): {alive}")
                 continue
-            held = capacity.purge_held(st, name, self._reachable)
+            held = capacity.purge_held(st, name, reachable)
             if held is not None:
                 holds[name] = NO_ROOM
                 until = "it stays in placement until another agent is active"
@@ -659,7 +690,7 @@ class FleetService:
             )
         command = ["purge", agent, now_ms()]
         if not force:
-            held = capacity.purge_held(st, agent, self._reachable)
+            held = capacity.purge_held(st, agent, await self.cluster_reach(st))
             if held is not None:
                 then = "activate another agent first, or force it and let those groups shrink"
                 raise FleetError(cs.TOO_FEW_AGENTS, f"{held}; {then}")

@@ -251,3 +251,22 @@ async def test_forget_when_an_agent_cannot_be_asked_needs_force() -> None:
     assert proposed == []
     assert (await svc.forget("a4", force=True))["state"] == "purged"
     assert proposed == [["purge", "a4"]]  # forced: the unchecked form
+
+
+async def test_an_agent_only_cut_off_from_here_counts_as_room_for_a_drain() -> None:
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    # a2 cannot reach a1, but a3 does: a1 is alive and can take replicas.
+    svc, proposed = _deactivating("a2", st, down={"a1"})
+    svc._call = _service("a2", down={"a1"}, seen_by={"a1": {"a3"}})[0]._call  # type: ignore[method-assign]
+    await svc.deactivate()
+    assert proposed == [["deactivate", "a2", True]]
+
+
+async def test_a_purge_counts_as_room_an_agent_other_agents_reach() -> None:
+    # a3 is dead for everyone; a4 is only cut off from a1 (a2 reaches it). Purging
+    # a3 leaves a1, a2 and a4 for groups of three: it goes ahead; a4 is held.
+    st = _state(("a1", "active"), ("a2", "active"), ("a3", "active"), ("a4", "active"))
+    svc, proposed = _service("a1", down={"a3", "a4"}, seen_by={"a4": {"a2"}})
+    await svc._maybe_purge(st)
+    assert proposed == [["purge", "a3", True]]
+    assert svc.purge_holds.keys() == {"a4"} and "a2 still reach it" in svc.purge_holds["a4"]
