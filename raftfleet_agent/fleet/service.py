@@ -675,7 +675,8 @@ class FleetService:
             )
         if info["state"] == "purged":
             return {"name": agent, "state": "purged", "released": []}
-        reach, unasked = await self.reached_elsewhere(agent)
+        views = await self.views_of(sorted({*self._active_away(st), agent}))
+        reach, unasked = views[agent]
         if reach:
             raise FleetError(
                 cs.INVALID_ARGUMENT,
@@ -690,7 +691,7 @@ class FleetService:
             )
         command = ["purge", agent, now_ms()]
         if not force:
-            held = capacity.purge_held(st, agent, await self.cluster_reach(st))
+            held = capacity.purge_held(st, agent, _reach_predicate(self._reachable, views))
             if held is not None:
                 then = "activate another agent first, or force it and let those groups shrink"
                 raise FleetError(cs.TOO_FEW_AGENTS, f"{held}; {then}")
