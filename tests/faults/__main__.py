@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+    def on_term(*_: object) -> None:
+        # Run the finally blocks: paused agents resumed, every agent stopped.
+        raise SystemExit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     log(f"campaign: {args.minutes} min from seed {seed}; runs under {keep}")
     result = campaign(args.minutes, seed, keep, args.fault_seconds, log, args.runs)
     if result["anomalies"]:
