@@ -32,7 +32,6 @@ from bench.floor import machine_ticks
 from tests.procs import AgentProc
 
 COUNTERS = ("turns", "store_batches", "entries_written", "messages_sent", "messages_received")
-CMD = {"timeout_s": 5, "retries": 3}
 
 
 def thread_ticks(pid: int) -> tuple[int, int]:
@@ -54,7 +53,8 @@ def thread_ticks(pid: int) -> tuple[int, int]:
 
 def specs_for(procs: list[AgentProc], names: list[str]) -> list[dict]:
     if len(names) == 1:
-        return R.framed_specs([R.leader_of(procs, names[0]).sock], 64, "command", "inc", CMD)
+        socks = [R.leader_of(procs, names[0]).sock]
+        return R.framed_specs(socks, 64, "command", "inc", R.WRITE_ARGS)
     return R.spread_specs(procs, R.leaders_by_agent(procs, names))
 
 

@@ -352,13 +352,23 @@ def idle_window(procs: list[AgentProc], seconds: float) -> dict:
 # Scenario 1: write_1group / read_1group, with the peers
 
 
+WRITE_ARGS = {"timeout_s": 5, "retries": 3}  # every benchmark write: `inc` with these
+
+
+def writes_64(socks: list[str], cfg: dict) -> dict:
+    """64 writers (`inc` on group "w") through `socks`, `reps` windows."""
+    return repeat(
+        lambda: measure(framed_specs(socks, 64, "command", "inc", WRITE_ARGS), cfg["window"]),
+        cfg["reps"],
+    )
+
+
 def sc_raftfleet_1group(cfg: dict) -> dict:
     res: dict = {}
     with fleet(3, 11, "w1") as procs:
         procs[0].call("group_create", name="w", timeout=30)
         ldr = leader_of(procs, "w")
         socks = [ldr.sock]
-        cmd = {"timeout_s": 5, "retries": 3}
 
         def run(kind: str, op: str, arg: str, extra: dict) -> None:
             for clients in (1, 64):
@@ -370,18 +380,13 @@ def sc_raftfleet_1group(cfg: dict) -> dict:
                 )
                 log(f"raftfleet {kind} clients={clients}: {brief(res[f'{kind}_{clients}'])}")
 
-        run("write", "command", "inc", cmd)
+        run("write", "command", "inc", WRITE_ARGS)
         # The same 64 clients on a follower's agent, which forwards to the leader.
         follower = next(p for p in procs if p is not ldr)
-        res["write_64_via_follower"] = repeat(
-            lambda: measure(
-                framed_specs([follower.sock], 64, "command", "inc", cmd), cfg["window"]
-            ),
-            cfg["reps"],
-        )
+        res["write_64_via_follower"] = writes_64([follower.sock], cfg)
         log(f"raftfleet write clients=64 via a follower: {brief(res['write_64_via_follower'])}")
         if cfg.get("profile"):
-            res["profile"] = profile_window(ldr, socks, cmd, cfg)
+            res["profile"] = profile_window(ldr, socks, WRITE_ARGS, cfg)
         run("read", "query", "get", {"timeout_s": 5})
     if not cfg["quick"]:
         res["write_64_in_memory"] = in_memory_write_64(cfg)
@@ -392,12 +397,7 @@ def in_memory_write_64(cfg: dict) -> dict:
     """The same 64 writers on agents run --in-memory: what the disk costs (not a target)."""
     with fleet(3, 51, "w1m", in_memory=True) as procs:
         procs[0].call("group_create", name="w", timeout=30)
-        socks = [leader_of(procs, "w").sock]
-        cmd = {"timeout_s": 5, "retries": 3}
-        m = repeat(
-            lambda: measure(framed_specs(socks, 64, "command", "inc", cmd), cfg["window"]),
-            cfg["reps"],
-        )
+        m = writes_64([leader_of(procs, "w").sock], cfg)
     log(f"raftfleet write clients=64, agents --in-memory: {brief(m)}")
     return m
 
@@ -678,7 +678,7 @@ def spread_specs(procs: list[AgentProc], led: dict[str, list[str]]) -> list[dict
                 "proto": "framed",
                 "op": "command",
                 "arg": "inc",
-                "args": {"timeout_s": 5, "retries": 3},
+                "args": WRITE_ARGS,
                 "conns": 4,
                 "depth": 8,
                 "targets": [[by_name(procs, a).sock] for a, _ in conns],
