@@ -461,7 +461,7 @@ def sc_pysyncobj(cfg: dict) -> dict:
     try:
         import pysyncobj  # noqa: F401
     except ImportError:
-        return {"skipped": "pysyncobj is not importable (.venv/bin/pip install pysyncobj)"}
+        return {"skipped": "pysyncobj is not importable (.venv/bin/pip install -e '.[bench]')"}
     from importlib.metadata import version
 
     res: dict = {"version": f"pysyncobj {version('pysyncobj')}"}
