@@ -12,6 +12,8 @@ write_1group also measures its 64 writers through a follower's agent and
 (full runs only) on agents run --in-memory, which says what the disk costs.
 
 Prints ONE JSON object (the last line of stdout) and a table on stderr.
+`meta.host_speed_start` / `_end`: bench/host_loop.py on 1 group in memory
+(one process, commands/s) before and after, since this host's speed drifts.
 
 Rules kept by every scenario: 3 agents (drain: 4) as separate processes on
 127.0.0.x, durable SQLite store under bench/out/ (real disk, not tmpfs;
@@ -1254,6 +1256,9 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   CPU-bound on this box and would change on a larger machine.
 - load average at start / end of the run: {m.get("loadavg_start")} / {m.get("loadavg_end")}.
   {_load_note(m)}
+- host speed at start / end (`python -m bench.host_loop --groups 1`: one process, no socket, no
+  disk; this machine gives ~45,000 commands/s at its best): {m.get("host_speed_start")} /
+  {m.get("host_speed_end")} commands/s. Compare two runs' figures only as far as these agree.
 - storage: durable on the real disk under `bench/out/` (SQLite with group commit for raftfleet,
   etcd's WAL with fsync; PySyncObj {get(res, "meta.pysyncobj_note")}).
 - medians of {m["reps"]} repetitions of {m["window_s"]} s windows (failover: {get(res, "failover.kills")} kills).
@@ -1361,6 +1366,28 @@ def _in_memory_line(res: dict) -> str:
         f"{mem.get('ops_per_s')} ops/s, p99 {mem.get('p99_s')} s; the durable agents do "
         f"{mem.get('durable_share')} of it.\n"
     )
+
+
+def host_speed() -> int | None:
+    """Commands/s of `bench/host_loop.py` on 1 group in memory: how fast this host runs now.
+
+    One process, no socket, no disk, ~3 s. The host's speed drifts (by up to a
+    quarter within an hour here), so every run records it at its start and end:
+    figures of two runs compare only as far as their host speeds do.
+    """
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "bench.host_loop", "--groups", "1", "--seconds", "2"],
+            check=True,
+            cwd=ROOT,  # this tree's agent code, not whatever is installed
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return int(json.loads(p.stdout.splitlines()[-1])["host_loop"]["groups_1"]["ops_per_s"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError) as e:
+        log(f"host speed not measured: {e!r}")
+        return None
 
 
 def _load_note(meta: dict) -> str:
@@ -1516,6 +1543,7 @@ def main(argv: list[str] | None = None) -> int:
             "reps": cfg["reps"],
             "window_s": cfg["window"],
             "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "host_speed_start": host_speed(),
             "pysyncobj_note": "journal via mmap, not fsynced per entry",
         }
     }
@@ -1585,6 +1613,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_all_children()
     res["meta"]["seconds_total"] = round(time.monotonic() - t_all, 1)
     res["meta"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    res["meta"]["host_speed_end"] = host_speed()
     res["meta"]["scenario_seconds"] = timings
     res["targets"] = [
         {"key": k, "value": v, "target": t, "verdict": vd} for _, k, v, t, vd in verdicts(res)
