@@ -213,7 +213,10 @@ class Agent:
                     )
                 if c.metrics_listen is not None:
                     await nursery.start(
-                        serve_metrics, c.metrics_listen.host, c.metrics_listen.port, self.metrics
+                        partial(serve_metrics, health=self.ops.health),
+                        c.metrics_listen.host,
+                        c.metrics_listen.port,
+                        self.metrics,
                     )
                 for hp in c.join:
                     nursery.start_soon(self._join_loop, hp.host, hp.port)

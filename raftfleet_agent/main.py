@@ -44,7 +44,10 @@ def _fail(message: str, code: int) -> None:
 @click.option("--in-memory", is_flag=True, default=False, help="Keep everything in memory.")
 @click.option("--config", "config_path", help="TOML configuration file.")
 @click.option("--log-level", help="debug, info, warning or error.")
-@click.option("--metrics-listen", help="HOST:PORT to serve Prometheus metrics on.")
+@click.option(
+    "--metrics-listen",
+    help="HOST:PORT to serve Prometheus metrics (/metrics) and a health check (/health) on.",
+)
 @click.option(
     "--check-config",
     is_flag=True,

@@ -11,7 +11,9 @@ multi-raft loop (each a dict lookup or a bisect on a short list).
 Everything here runs on the trio thread; nothing is thread-safe.
 
 The HTTP side (`serve_metrics`) answers one request per connection and
-closes it: `GET /metrics` (and HEAD), 404 for other paths, 405 for other
+closes it: `GET /metrics` and, when the agent gives a health check, `GET
+/health` (200 or 503 with a JSON body, for load balancers and probes, as
+etcd's and CockroachDB's); HEAD of either, 404 for other paths, 405 for other
 methods. A request head larger than `REQUEST_BYTES_MAX`, a client slower
 than `CONNECTION_TIMEOUT_S`, or more than `CONNECTIONS_MAX` clients at once
 cost the agent one small buffer each, never a stalled task.
@@ -20,12 +22,13 @@ cost the agent one small buffer each, never a stalled task.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -49,6 +52,11 @@ __all__ = [
 logger = logging.getLogger("raftfleet.metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JSON_TYPE = "application/json"
+
+# GET /health: (healthy, what to say). Bounded by the caller's own deadline;
+# the server cuts it off at HEALTH_WAIT_S anyway.
+HealthCheck = Callable[[], Awaitable[tuple[bool, dict[str, object]]]]
 
 # Bucket upper bounds (+Inf is implicit). Fixed at creation: a scrape never
 # sees a histogram change shape.
@@ -549,6 +557,7 @@ REQUEST_BYTES_MAX = 8192  # the request line and headers; no body is read
 CONNECTION_TIMEOUT_S = 5.0  # for the whole exchange, reading and writing
 CONNECTIONS_MAX = 16  # more at once are closed without an answer
 LINGER_BYTES_MAX = 65536  # discarded after answering, waiting for the client to close
+HEALTH_WAIT_S = 3.0  # a check that takes longer is a failed one (503)
 
 
 async def serve_metrics(
@@ -556,9 +565,10 @@ async def serve_metrics(
     port: int,
     render: Callable[[], str],
     *,
+    health: HealthCheck | None = None,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve `render()` at GET /metrics on host:port until cancelled; never returns.
+    """Serve `render()` at GET /metrics (and `health()` at GET /health) until cancelled.
 
     `task_status.started((host, port))` with the bound address (port 0 picks
     one) once connections are accepted. `render` runs on the trio thread for
@@ -577,7 +587,7 @@ async def serve_metrics(
         active += 1
         try:
             with trio.move_on_after(CONNECTION_TIMEOUT_S):
-                await _exchange(stream, render)
+                await _exchange(stream, render, health)
                 await _linger(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -635,7 +645,12 @@ class _TooLarge(Exception):
     pass
 
 
-async def _exchange(stream: trio.SocketStream, render: Callable[[], str]) -> None:
+_Answer = tuple[int, str, bytes, list[str]]
+
+
+async def _exchange(
+    stream: trio.SocketStream, render: Callable[[], str], health: HealthCheck | None
+) -> None:
     try:
         head = await _read_head(stream)
     except _TooLarge:
@@ -643,12 +658,17 @@ async def _exchange(stream: trio.SocketStream, render: Callable[[], str]) -> Non
         return
     if head is None:
         return
-    status, reason, body, extra = _route(head, render)
+    answer = _route(head, render, health is not None)
+    if answer is None:
+        assert health is not None
+        answer = await _health(health)
+    status, reason, body, extra = answer
     method = head.split(b" ", 1)[0]
     await _respond(stream, status, reason, body, extra, head_only=method == b"HEAD")
 
 
-def _route(head: bytes, render: Callable[[], str]) -> tuple[int, str, bytes, list[str]]:
+def _route(head: bytes, render: Callable[[], str], has_health: bool) -> _Answer | None:
+    """The answer, or None for a health check (which must be awaited)."""
     request_line = head.split(b"\n", 1)[0].rstrip(b"\r")
     parts = request_line.split(b" ")
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
@@ -656,14 +676,33 @@ def _route(head: bytes, render: Callable[[], str]) -> tuple[int, str, bytes, lis
     method, target = parts[0], parts[1]
     if method not in (b"GET", b"HEAD"):
         return 405, "Method Not Allowed", b"only GET\n", ["Allow: GET, HEAD"]
-    if target.split(b"?", 1)[0] != b"/metrics":
-        return 404, "Not Found", b"try /metrics\n", []
+    path = target.split(b"?", 1)[0]
+    if path == b"/health" and has_health:
+        return None
+    if path != b"/metrics":
+        hint = b"try /metrics or /health\n" if has_health else b"try /metrics\n"
+        return 404, "Not Found", hint, []
     try:
         text = render()
     except Exception:
         logger.exception("rendering metrics failed")
         return 500, "Internal Server Error", b"rendering metrics failed\n", []
     return 200, "OK", text.encode(), [f"Content-Type: {CONTENT_TYPE}"]
+
+
+async def _health(check: HealthCheck) -> _Answer:
+    """200 with the check's JSON when healthy; 503 when not, or when it fails or is late."""
+    healthy, info = False, {"reason": f"the health check took over {HEALTH_WAIT_S:g} s"}
+    with trio.move_on_after(HEALTH_WAIT_S):
+        try:
+            healthy, info = await check()
+        except Exception as e:  # the agent must not die for a probe, and the probe says why
+            logger.warning("health check failed", exc_info=True)
+            info = {"reason": f"the health check failed: {type(e).__name__}: {e}"}
+    body = json.dumps({"health": healthy, **info}, sort_keys=True).encode() + b"\n"
+    if healthy:
+        return 200, "OK", body, [f"Content-Type: {JSON_TYPE}"]
+    return 503, "Service Unavailable", body, [f"Content-Type: {JSON_TYPE}"]
 
 
 async def _respond(
@@ -676,8 +715,9 @@ async def _respond(
     head_only: bool = False,
 ) -> None:
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}", "Connection: close"]
-    if status != 200:
+    extra = extra or []
+    if not any(h.startswith("Content-Type:") for h in extra):
         lines.append("Content-Type: text/plain; charset=utf-8")
-    lines.extend(extra or [])
+    lines.extend(extra)
     data = ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head_only else body)
     await stream.send_all(data)

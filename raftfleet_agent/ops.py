@@ -43,6 +43,7 @@ PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
 DRAIN_GROUPS_SHOWN = 10  # groups named when a drain watch times out
 STATUS_STATE_WAIT_S = 1.0  # status waits this long for the cluster state, then says so
+HEALTH_READ_S = 1.0  # GET /health: the cluster-state read must answer within this
 # What `group_status` shows of each replica when the group has no leader.
 _REPLICA_VIEW = (
     "reported_by",
@@ -152,6 +153,35 @@ class AgentOps:
             },
             "metrics": headline(self.host),
         }
+
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """GET /health: healthy when this agent reads its cluster's state through the leader now.
+
+        A linearizable read of the state's version (a few bytes) proves what
+        etcd's /health proves: the loop turns, the cluster state has a leader
+        backed by a majority, and this agent reaches it. Other groups are not
+        checked: one group without a majority does not make the agent unfit to
+        serve the rest (`raftfleet group status` says which).
+        """
+        a = self.agent
+        known = a.fleet.last_known_state()
+        state, zone = a.fleet.my_state_in(known)
+        info: dict[str, object] = {"agent": a.config.name, "state": state, "zone": zone}
+        if a.router is None:
+            return False, {**info, "reason": "the agent is starting"}
+        if known is None and CLUSTER not in self.host.replicas:
+            return False, {**info, "reason": "not in a cluster yet (waiting to join one)"}
+        try:
+            with trio.fail_after(HEALTH_READ_S * 1.5):
+                version, answered_by = await a.router.query(
+                    CLUSTER, "version", HEALTH_READ_S, 1, stale=False
+                )
+        except RouteError as e:
+            return False, {**info, "reason": f"cluster state unreachable: {e}"}
+        except trio.TooSlowError:
+            why = f"cluster state unreachable: no answer in {HEALTH_READ_S * 1.5:g} s"
+            return False, {**info, "reason": why}
+        return True, {**info, "cluster_leader": answered_by, "cluster_version": version}
 
     async def op_activate(self, args: dict, events: Any) -> object:
         state, _ = await self.agent.fleet.my_state()

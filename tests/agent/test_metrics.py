@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -278,6 +280,52 @@ async def test_slow_and_excess_clients_are_cut_off(
     assert _status(await _exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n")) == 200
 
 
+async def test_health_answers_200_or_503_with_the_checks_json(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics, "HEALTH_WAIT_S", 0.3)
+    answers: list[object] = [
+        (True, {"agent": "a1", "cluster_leader": "a2"}),
+        (False, {"agent": "a1", "reason": "cluster state unreachable: no leader"}),
+        RuntimeError("boom"),
+        "hang",
+    ]
+
+    async def check() -> tuple[bool, dict[str, object]]:
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        if a == "hang":
+            await trio.sleep_forever()
+        return a  # type: ignore[return-value]
+
+    addr = await nursery.start(
+        partial(metrics.serve_metrics, health=check), HTTP_HOST, 0, lambda: "x 1\n"
+    )
+    get = b"GET /health HTTP/1.1\r\n\r\n"
+
+    def answer(resp: bytes) -> tuple[int, dict]:
+        head, body = resp.split(b"\r\n\r\n", 1)
+        assert b"Content-Type: application/json" in head
+        return _status(resp), json.loads(body)
+
+    assert answer(await _exchange(addr, get)) == (
+        200, {"health": True, "agent": "a1", "cluster_leader": "a2"}
+    )  # fmt: skip
+    assert answer(await _exchange(addr, get)) == (
+        503, {"health": False, "agent": "a1", "reason": "cluster state unreachable: no leader"}
+    )  # fmt: skip
+    status, body = answer(await _exchange(addr, get))
+    assert status == 503 and body["reason"] == "the health check failed: RuntimeError: boom"
+    status, body = answer(await _exchange(addr, get))
+    assert status == 503 and body["reason"] == "the health check took over 0.3 s"
+    assert not answers
+    # Metrics are served as before, beside it; without a check there is no /health.
+    assert _status(await _exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n")) == 200
+    plain = await nursery.start(metrics.serve_metrics, HTTP_HOST, 0, lambda: "x 1\n")
+    assert _status(await _exchange(plain, get)) == 404
+
+
 # ---------------------------------------------------------------- a real agent
 
 FAMILIES = {
@@ -381,3 +429,56 @@ def test_agent_serves_metrics(tmp_path: Path) -> None:
     finally:
         a2.stop(timeout=10)
         a1.stop(timeout=10)
+
+
+@pytest.mark.slow
+def test_agent_health_follows_its_cluster(tmp_path: Path) -> None:
+    """GET /health: 200 while the cluster state answers through its leader, else 503 and why."""
+
+    def agent(name: str, host: str, join: list[str]) -> tuple[AgentProc, str]:
+        port = free_port(host)
+        extra = ["--metrics-listen", f"{host}:{port}"]
+        return AgentProc(name, host, tmp_path, join=join, extra_args=extra), f"http://{host}:{port}"
+
+    def health(url: str) -> tuple[int, dict]:
+        status, ctype, text = _get(url + "/health")
+        assert ctype == "application/json"
+        return status, json.loads(text)
+
+    a1, url1 = agent("a1", "127.0.0.206", [])
+    a2, url2 = agent("a2", "127.0.0.207", [a1.address])
+    a3, url3 = agent("a3", "127.0.0.208", ["127.0.0.209:9"])  # nobody listens there
+    try:
+        for a in (a1, a2, a3):
+            a.start()
+        wait_for(lambda: connected_to_all([a1, a2]), 15, "agents to connect")
+        for name, url in (("a1", url1), ("a2", url2)):
+            status, body = health(url)
+            assert status == 200, body
+            assert body["health"] is True and body["agent"] == name
+            assert body["cluster_leader"] == "a1"  # the founder leads the cluster state
+            assert body["cluster_version"] >= 1 and body["state"] == "inactive"
+        assert health(url3) == (
+            503,
+            {
+                "health": False,
+                "agent": "a3",
+                "state": "inactive",
+                "zone": None,
+                "reason": "not in a cluster yet (waiting to join one)",
+            },
+        )
+        # The cluster state's leader dies (no hand-off): a2 can no longer read it.
+        a1.kill()
+
+        def unhealthy() -> dict | None:
+            status, body = health(url2)
+            return body if status == 503 else None
+
+        body = wait_for(unhealthy, 15, "a2's /health to say the cluster state is gone")
+        assert body["health"] is False  # type: ignore[index]
+        assert body["reason"].startswith("cluster state unreachable")  # type: ignore[index]
+        assert _get(url2 + "/metrics")[0] == 200  # the agent itself still serves
+    finally:
+        for a in (a3, a2, a1):
+            a.stop(timeout=10)
