@@ -212,7 +212,7 @@ class AgentOps:
         fleet = self.agent.fleet
         with trio.move_on_after(STATUS_STATE_WAIT_S):
             try:
-                return await fleet.state(linearizable=True), None
+                return await fleet.state(linearizable=True, fallback=False), None
             except FleetError as e:
                 return fleet.last_known_state(), str(e)
         why = f"cluster state unreachable: no answer in {STATUS_STATE_WAIT_S:g} s"

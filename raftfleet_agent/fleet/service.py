@@ -159,13 +159,16 @@ class FleetService:
             return None
         return r.applier.state  # type: ignore[no-any-return]
 
-    async def state(self, *, linearizable: bool = False) -> dict[str, Any]:
+    async def state(self, *, linearizable: bool = False, fallback: bool = True) -> dict[str, Any]:
         """The cluster state.
 
         By default our own applied replica's when we hold one that follows a
         leader (what placement decisions use: one consistent applied state).
         `linearizable` reads through the leader instead, so an operator who
-        just changed something sees the change from any agent.
+        just changed something sees the change from any agent. When the leader
+        cannot be read, the copy held here (or read before) stands in for it,
+        unless `fallback` is False: then FleetError("unavailable"), so a caller
+        that must say whether its answer is fresh (status, nodes) can.
         """
         local = self.local_state()
         mine = self.host.replicas.get(CLUSTER)
@@ -179,9 +182,11 @@ class FleetService:
         try:
             state, _ = await router.query(CLUSTER, "snapshot", 1.0, 2, stale=False)
         except RouteError as e:
+            err = FleetError("unavailable", f"cluster state unreachable: {e}")
+            if not fallback:
+                raise err from None
             if local is not None:
                 return local
-            err = FleetError("unavailable", f"cluster state unreachable: {e}")
             if self._remote_state is not None:
                 self._say_unreachable(err, "using the copy read before")
                 return self._remote_state

@@ -499,6 +499,31 @@ def test_status_and_nodes_answer_at_once_when_the_cluster_state_has_no_leader(
         ]  # fmt: skip
 
 
+def test_status_says_so_when_it_shows_a_copy_read_before(tmp_path: Path) -> None:
+    """An agent holding no replica of the cluster state reads it through the
+    leader; when that leader is gone, status and nodes show the copy read
+    before, and must say it is one (they once returned it as fresh)."""
+    with agents(tmp_path, 2, first_octet=181, env=FAST) as (a1, a2):
+        st = wait_for(
+            lambda: (c := a2.call("status")["cluster"])["agents"] == 2 and c,  # type: ignore[index]
+            15,
+            "a2 registered in the cluster state",
+        )
+        assert st["voters"] is None and st["state_error"] is None, st  # type: ignore[index]
+        assert a2.call("nodes")["nodes"] and "state_error" not in a2.call("nodes")  # type: ignore[index,operator]
+        a1.kill()
+        st = wait_for(
+            lambda: a2.call("status", timeout=3.0)["cluster"]["state_error"] and a2.call("status"),
+            10,
+            "a2's status to flag its copy of the cluster state",
+        )
+        assert "cluster state unreachable" in st["cluster"]["state_error"], st  # type: ignore[index]
+        assert st["cluster"]["agents"] == 2  # type: ignore[index]  # the copy it holds
+        nodes = a2.call("nodes", timeout=3.0)
+        assert "cluster state unreachable" in nodes["state_error"]  # type: ignore[index]
+        assert [n["name"] for n in nodes["nodes"]] == ["a1", "a2"]  # type: ignore[index]
+
+
 def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
     tmp_path: Path,
 ) -> None:
