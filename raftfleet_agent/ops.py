@@ -257,7 +257,9 @@ class AgentOps:
         return {"nodes": nodes}
 
     async def op_group_list(self, args: dict, events: Any) -> object:
-        st = await self._fleet(self.agent.fleet.state(linearizable=True))
+        st, problem = await self._cluster_state_now()  # a copy is flagged below
+        if st is None:
+            raise ControlError("unavailable", str(problem))
         router = self.agent.router
         assert router is not None
         groups = sorted(st["groups"].items())  # type: ignore[index]
@@ -271,7 +273,7 @@ class AgentOps:
         async with trio.open_nursery() as n:
             for g, _ in groups:
                 n.start_soon(look, g)
-        return {
+        listing: dict[str, object] = {
             "groups": [
                 {
                     "name": g,
@@ -283,6 +285,9 @@ class AgentOps:
                 for g, info in groups
             ]
         }
+        if problem is not None:
+            listing["state_error"] = f"{problem}; groups as last seen here"
+        return listing
 
     async def op_forget(self, args: dict, events: Any) -> object:
         return await self._fleet(self.agent.fleet.forget(args["agent"], force=args["force"]))

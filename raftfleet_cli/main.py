@@ -423,6 +423,8 @@ def group_list(state: State) -> None:
     from raftfleet_cli.views import GROUP_FIELDS, group_list_view
 
     view = group_list_view(state.call("group_list", "group list"))
+    if view.get("state_error") and not state.out.json:
+        note(f"raftfleet: {view['state_error']}")
     columns = ("name", "type", "replicas", "leader")
     rows = [[g[key] for key in columns] for g in view["groups"]]
     assert set(columns) == set(GROUP_FIELDS)

@@ -222,7 +222,11 @@ def group_list_view(raw: object) -> dict[str, Any]:
     elif isinstance(items, list | tuple):
         groups = [_group(None, info) for info in items]
     groups.sort(key=lambda g: str(g["name"]))
-    return {"groups": groups}
+    view: dict[str, Any] = {"groups": groups}
+    error = raw.get("state_error") if isinstance(raw, Mapping) else None
+    if isinstance(error, str):
+        view["state_error"] = error
+    return view
 
 
 def _member(raw: object) -> dict[str, Any]:

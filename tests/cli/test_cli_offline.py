@@ -237,6 +237,21 @@ def test_nodes_from_a_last_copy_say_so(fake_agent: FakeAgent) -> None:
     assert doc["state_error"] == why and doc["nodes"][0]["name"] == "a1"
 
 
+def test_group_list_from_a_last_copy_says_so(fake_agent: FakeAgent) -> None:
+    why = "cluster state unreachable: agent a1 is not connected; groups as last seen here"
+    fake_agent.answers["group_list"] = {
+        "groups": [{"name": "g1", "replicas": 3, "type": "kv", "leader": None}],
+        "state_error": why,
+    }
+    a = ("--addr", fake_agent.addr)
+    ran = run(*a, "group", "list")
+    assert ran.code == 0 and "g1" in ran.stdout and why in ran.stderr, ran
+    doc = json.loads(run(*a, "-o", "json", "group", "list").stdout)
+    assert doc["state_error"] == why and doc["groups"][0]["name"] == "g1"
+    plain = run(*a, "-o", "plain", "group", "list")
+    assert plain.stdout == "g1\tkv\t3\t\n" and why in plain.stderr  # rows stay machine-readable
+
+
 def test_nodes_falls_back_to_status_on_an_older_agent(fake_agent: FakeAgent) -> None:
     fake_agent.answers["status"] = {
         "name": "a1", "zone": None, "state": "inactive", "address": "10.0.0.1:7100",

@@ -511,6 +511,7 @@ def test_status_says_so_when_it_shows_a_copy_read_before(tmp_path: Path) -> None
         )
         assert st["voters"] is None and st["state_error"] is None, st  # type: ignore[index]
         assert a2.call("nodes")["nodes"] and "state_error" not in a2.call("nodes")  # type: ignore[index,operator]
+        assert "state_error" not in a2.call("group_list")  # type: ignore[operator]
         a1.kill()
         st = wait_for(
             lambda: a2.call("status", timeout=3.0)["cluster"]["state_error"] and a2.call("status"),
@@ -522,6 +523,8 @@ def test_status_says_so_when_it_shows_a_copy_read_before(tmp_path: Path) -> None
         nodes = a2.call("nodes", timeout=3.0)
         assert "cluster state unreachable" in nodes["state_error"]  # type: ignore[index]
         assert [n["name"] for n in nodes["nodes"]] == ["a1", "a2"]  # type: ignore[index]
+        listing = a2.call("group_list", timeout=3.0)
+        assert "cluster state unreachable" in listing["state_error"]  # type: ignore[index]
 
 
 def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
