@@ -480,7 +480,9 @@ class AgentOps:
             if st is None:
                 raise ControlError("unknown_group", f"no agent hosts a group named {name}")
         assert isinstance(st, dict)
-        cstate, _ = await self._cluster_state_now()  # this may be the group that lost it
+        cstate, problem = await self._cluster_state_now()  # this may be the group that lost it
+        if problem is not None:
+            st["state_error"] = f"{problem}; placement and zones as last seen here"
         if cstate is None:
             desired = None
         elif name == CLUSTER:
@@ -492,10 +494,16 @@ class AgentOps:
             m["zone"] = zones.get(m["agent"])
         have = {m["agent"] for m in st["members"]}
         st["desired"] = desired
-        if st.get("leader") is None:
+        if st.get("leader") is not None:
+            # The leader's agent said which members it reaches (older agents do
+            # not say: None, not counted).
+            st["lost"] = sorted(m["agent"] for m in st["members"] if m.get("reachable") is False)
+        else:
             # No leader: say which members cannot be reached, so an operator
             # can tell a passing election from a lost majority.
             reachable = {self.agent.config.name, *self.agent.connected_peers()}
+            for m in st["members"]:
+                m["reachable"] = m["agent"] in reachable
             st["lost"] = sorted(m["agent"] for m in st["members"] if m["agent"] not in reachable)
             voters = [m for m in st["members"] if m["role"] != "learner"]
             alive = [m for m in voters if m["agent"] in reachable]
@@ -510,10 +518,15 @@ class AgentOps:
             st["converged"] = bool(desired) and voting == set(desired or ())
             return st
         st["converged"] = (
-            bool(desired)
-            and have == set(desired)
-            and st.get("leader") == desired[0]
-            and all(m["role"] != "learner" for m in st["members"])
+            None
+            if desired is None
+            # None: unknown, or not placed
+            else (
+                bool(desired)
+                and have == set(desired)
+                and st.get("leader") == desired[0]
+                and all(m["role"] != "learner" for m in st["members"])
+            )
         )
         return st
 
@@ -750,6 +763,7 @@ class AgentOps:
             raise RpcError("unknown_group", f"{self.agent.config.name} hosts no replica of {group}")
         st = r.member.status()
         follower = {f.replica: f for f in st.followers}
+        me, transport = self.agent.config.name, self.agent.transport
         members = []
         for rid in (*st.voters, *st.learners):
             if st.leader == rid:
@@ -769,6 +783,9 @@ class AgentOps:
                     "role": role,
                     "match_index": match,
                     "contact_ticks": contact,
+                    # A member on an agent this one cannot reach still shows the
+                    # progress it last made (a quiet group hears nothing either way).
+                    "reachable": rid.agent == me or transport.is_connected(rid.agent),
                 }
             )
         return {

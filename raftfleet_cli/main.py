@@ -436,22 +436,31 @@ def group_list(state: State) -> None:
 @pass_state
 def group_status(state: State, name: str) -> None:
     """Members of group NAME with their roles and progress, and whether placement is met."""
-    from raftfleet_cli.views import MEMBER_FIELDS, REPLICA_VIEW_FIELDS, group_status_view
+    from raftfleet_cli.views import (
+        MEMBER_FIELDS,
+        MEMBER_VIEW_FIELDS,
+        REPLICA_VIEW_FIELDS,
+        group_status_view,
+    )
 
     view = group_status_view(state.call("group_status", f"group status {name}", name=name))
     out = state.out
+    if view.get("state_error") and not out.json:
+        note(f"raftfleet: {view['state_error']}")
     if out.json:
         out.document(view)
         return
-    rows = [[m[key] for key in MEMBER_FIELDS] for m in view["members"]]
     if out.plain:
-        out.rows(MEMBER_FIELDS, rows)
+        out.rows(MEMBER_FIELDS, [[m[key] for key in MEMBER_FIELDS] for m in view["members"]])
         return
     keys = ("name", "type", "leader", "term", "commit_index", "desired", "converged")
     if view["leader"] is None:
         keys += ("lost", "majority_lost")
+    elif view["lost"]:
+        keys += ("lost",)
     out.fields([(k.replace("_", " "), view[k]) for k in keys])
-    out.rows([k.upper().replace("_", " ") for k in MEMBER_FIELDS], rows)
+    rows = [[m[key] for key in MEMBER_VIEW_FIELDS] for m in view["members"]]
+    out.rows([k.upper().replace("_", " ") for k in MEMBER_VIEW_FIELDS], rows)
     if view["replicas"]:
         # No leader: what each reachable replica believes (terms, votes, quiet
         # replicas) tells a passing election from one that is stuck.

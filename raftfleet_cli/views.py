@@ -53,7 +53,10 @@ REPLICA_VIEW_FIELDS = (
     "agent", "role", "term", "leader", "commit_index", "last_index", "last_term", "quiescent",
 )  # fmt: skip
 REPLICA_ROLES = ("leader", "follower", "learner", "candidate", "pre_candidate")
-MEMBER_FIELDS = ("agent", "zone", "role", "match_index")
+MEMBER_FIELDS = ("agent", "zone", "role", "match_index")  # the plain rows: a fixed format
+# The table and JSON also say whether the agent reporting (the leader's, else
+# the one asked) reaches the member's agent.
+MEMBER_VIEW_FIELDS = (*MEMBER_FIELDS, "reachable")
 DRAIN_FIELDS = ("replicas", "leaders", "moves_in_flight")
 
 
@@ -230,10 +233,12 @@ def group_list_view(raw: object) -> dict[str, Any]:
 
 
 def _member(raw: object) -> dict[str, Any]:
-    member = {key: _get(raw, key) for key in MEMBER_FIELDS}
+    member = {key: _get(raw, key) for key in MEMBER_VIEW_FIELDS}
     member["agent"] = _agent_of(member["agent"] or _get(raw, "replica"))
     if member["role"] not in ROLES:
         member["role"] = None
+    if not isinstance(member["reachable"], bool):
+        member["reachable"] = None  # an older agent does not say
     return member
 
 
@@ -246,10 +251,11 @@ def _agents(raw: object) -> list[str] | None:
 def group_status_view(raw: object) -> dict[str, Any]:
     """`group status`: the leader's view of one group, and whether placement is met.
 
-    Without a leader the agent adds which members it cannot reach (`lost`),
-    whether that is a majority, and each reachable replica's own view
-    (`replicas`): who is waiting for whom in a stuck election. With a leader
-    those are [], false and [].
+    `lost` lists the members whose agents cannot be reached: from the
+    leader's agent, or without a leader from the agent asked, which then also
+    says whether that is a majority and gives each reachable replica's own
+    view (`replicas`): who is waiting for whom in a stuck election. With a
+    leader `majority_lost` is false and `replicas` [].
     """
     view = {key: _get(raw, key) for key in GROUP_STATUS_FIELDS}
     view["leader"] = _agent_of(view["leader"])
@@ -269,6 +275,9 @@ def group_status_view(raw: object) -> dict[str, Any]:
         if isinstance(replicas, list | tuple)
         else []
     )
+    error = raw.get("state_error") if isinstance(raw, Mapping) else None
+    if isinstance(error, str):
+        view["state_error"] = error  # desired and zones come from a copy of the cluster state
     return view
 
 

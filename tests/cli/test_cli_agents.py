@@ -165,6 +165,7 @@ def test_groups_commands_and_queries(cluster: Cluster) -> None:
     assert st["leader"] == leader and st["type"] == "counter"
     assert (st["lost"], st["majority_lost"], st["replicas"]) == ([], False, [])
     assert sorted(m["agent"] for m in st["members"]) == ["a1", "a2", "a3"]
+    assert all(m["reachable"] is True for m in st["members"])
     assert sorted(m["role"] for m in st["members"]) == ["follower", "follower", "leader"]
     rows = [r.split("\t") for r in cluster.ok("-o", "plain", "group", "status", "g1").splitlines()]
     assert sorted(r[2] for r in rows) == ["follower", "follower", "leader"]

@@ -65,9 +65,9 @@ def test_group_status_view_fills_missing_fields() -> None:
     view = views.group_status_view(raw)
     assert list(view) == list(views.GROUP_STATUS_FIELDS)
     assert view["members"] == [
-        {"agent": "a1", "zone": None, "role": "leader", "match_index": 7},
-        {"agent": "a2", "zone": None, "role": "learner", "match_index": None},
-    ]
+        {"agent": "a1", "zone": None, "role": "leader", "match_index": 7, "reachable": None},
+        {"agent": "a2", "zone": None, "role": "learner", "match_index": None, "reachable": None},
+    ]  # an agent that does not say whether it reaches them: unknown
     assert view["desired"] is None and view["converged"] is None
     assert view["lost"] == [] and view["majority_lost"] is False and view["replicas"] == []
     view = views.group_status_view({**raw, "desired": ["a1", "a2"]})
@@ -250,6 +250,24 @@ def test_group_list_from_a_last_copy_says_so(fake_agent: FakeAgent) -> None:
     assert doc["state_error"] == why and doc["groups"][0]["name"] == "g1"
     plain = run(*a, "-o", "plain", "group", "list")
     assert plain.stdout == "g1\tkv\t3\t\n" and why in plain.stderr  # rows stay machine-readable
+
+
+def test_group_status_from_a_last_copy_says_so(fake_agent: FakeAgent) -> None:
+    why = "cluster state unreachable: no answer in 1 s; placement and zones as last seen here"
+    fake_agent.answers["group_status"] = {
+        "name": "g1", "type": "kv", "leader": "a2", "term": 3, "commit_index": 9,
+        "members": [{"agent": "a2", "role": "leader", "match_index": 9, "reachable": True},
+                    {"agent": "a3", "role": "follower", "match_index": 4, "reachable": False}],
+        "desired": None, "converged": None, "lost": ["a3"], "majority_lost": False,
+        "replicas": [], "state_error": why,
+    }  # fmt: skip
+    a = ("--addr", fake_agent.addr)
+    ran = run(*a, "group", "status", "g1")
+    assert ran.code == 0 and why in ran.stderr, ran
+    assert "lost" in ran.stdout and "REACHABLE" in ran.stdout
+    doc = json.loads(run(*a, "-o", "json", "group", "status", "g1").stdout)
+    assert doc["state_error"] == why and doc["converged"] is None
+    assert [m["reachable"] for m in doc["members"]] == [True, False]
 
 
 def test_nodes_falls_back_to_status_on_an_older_agent(fake_agent: FakeAgent) -> None:

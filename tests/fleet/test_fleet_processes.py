@@ -527,6 +527,36 @@ def test_status_says_so_when_it_shows_a_copy_read_before(tmp_path: Path) -> None
         assert "cluster state unreachable" in listing["state_error"]  # type: ignore[index]
 
 
+def test_group_status_says_which_members_the_leader_cannot_reach(tmp_path: Path) -> None:
+    """A member on a dead agent keeps the progress it last made in the leader's
+    table; group status must not show it as a healthy follower."""
+    with agents(tmp_path, 3, first_octet=186, env=FAST) as procs:
+        _activate(procs, ["z1", "z2", "z3"])
+        procs[0].call("group_create", name="g1", timeout=30)
+        st = _status(procs[0], "g1")
+        assert st["lost"] == [] and all(m["reachable"] is True for m in st["members"]), st
+        leader = next(p for p in procs if p.name == st["leader"])
+        dead = next(p for p in procs if p is not leader)
+        dead.kill()
+
+        def shows_lost() -> dict | None:
+            now = _status(leader, "g1")
+            return now if now["lost"] else None
+
+        st = wait_for(shows_lost, 10, "the leader's agent to see the member gone")
+        assert st["leader"] == leader.name and st["lost"] == [dead.name], st  # type: ignore[index]
+        reach = {m["agent"]: m["reachable"] for m in st["members"]}  # type: ignore[index]
+        assert reach == {p.name: p is not dead for p in procs}
+        env = {k: None for k in os.environ if k.startswith("RAFTFLEET_")}
+        env["RAFTFLEET_ADDR"] = f"unix://{leader.sock}"
+        table = CliRunner().invoke(cli_main, ["group", "status", "g1"], env=env)
+        assert table.exit_code == 0 and "REACHABLE" in table.stdout, table.output
+        lost_row = ["lost", f'["{dead.name}"]']
+        assert any(line.split() == lost_row for line in table.stdout.splitlines()), table.stdout
+        plain = CliRunner().invoke(cli_main, ["-o", "plain", "group", "status", "g1"], env=env)
+        assert {len(r.split("\t")) for r in plain.stdout.splitlines()} == {4}  # format kept
+
+
 def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
     tmp_path: Path,
 ) -> None:
