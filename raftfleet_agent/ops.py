@@ -432,10 +432,17 @@ class AgentOps:
         name = args["name"]
         fleet = self.agent.fleet
         try:
-            st = await fleet.state(linearizable=True)
-        except FleetError:
-            st = None
-        if st is not None and name in st["groups"]:
+            # Fresh, or nothing: a copy that lacks a group created since would
+            # pass a placed group off as one placed by hand (below), whose
+            # replicas are dropped while the cluster state keeps it.
+            st = await fleet.state(linearizable=True, fallback=False)
+        except FleetError as e:
+            raise ControlError(
+                "unavailable",
+                f"cannot delete {name} now: {e} (the cluster state says whether the fleet "
+                "placed it; try again once it has a leader)",
+            ) from None
+        if name in st["groups"]:
             await self._fleet(fleet.propose(["remove_group", name, now_ms()]))
             # Stop every reachable replica now; agents that are down clean up
             # when they come back (their name stays in the removal's pending list).

@@ -557,6 +557,34 @@ def test_group_status_says_which_members_the_leader_cannot_reach(tmp_path: Path)
         assert {len(r.split("\t")) for r in plain.stdout.splitlines()} == {4}  # format kept
 
 
+def test_group_delete_is_refused_while_the_cluster_state_cannot_be_read(tmp_path: Path) -> None:
+    """Without the cluster state an agent cannot tell a placed group from one
+    placed by hand: it once took g1 for the latter, dropped the one replica it
+    reached, said "deleted" and left g1 in the cluster state."""
+    with agents(tmp_path, 4, first_octet=196, env=FAST) as procs:
+        a1, a2, a3, a4 = procs
+        _activate(procs[:3], ["z1", "z2", "z3"])
+        wait_for(
+            lambda: a1.call("status")["cluster"]["voters"] == ["a1", "a2", "a3"],
+            30,
+            "the cluster state on three agents",
+        )
+        a1.call("group_create", name="g1", timeout=30)
+        wait_for(lambda: connected_to_all(procs), 20, "a4 connected to all")
+        a2.kill()
+        a3.kill()  # the cluster state and g1 lose their majorities
+        wait_for(lambda: a1.call("status")["cluster"]["state_error"], 20, "a1's lease to lapse")
+        a4.stop()
+        a4.start()  # and a4 holds no copy of the cluster state
+        wait_for(lambda: a4.call("status")["cluster"]["peers"]["a1"]["reachable"], 20, "a4-a1")
+        with pytest.raises(ControlError) as info:
+            a4.call("group_delete", name="g1", timeout=20)
+        assert info.value.code == "unavailable", info.value
+        assert "cluster state" in str(info.value)
+        members = a1.call("group_status", name="g1", timeout=10)["members"]  # type: ignore[index]
+        assert {m["agent"] for m in members} == {"a1", "a2", "a3"}  # a1 still hosts g1
+
+
 def test_the_cluster_state_group_can_be_recovered_after_losing_its_majority(
     tmp_path: Path,
 ) -> None:
