@@ -20,6 +20,7 @@ import trio
 from raftfleet_agent.control.protocol import ControlError
 from raftfleet_agent.fast_ops import TRIED_FAST, FastPath, check_routed_args
 from raftfleet_agent.fleet import cluster_state as cs
+from raftfleet_agent.fleet import recovery
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.fleet.service import CLUSTER, FleetError, now_ms
 from raftfleet_agent.host.loop import ReplicaExists, UnknownGroup
@@ -575,6 +576,14 @@ class AgentOps:
         best = self._best(survivors)
         if best is None:
             raise ControlError("unknown_group", f"no reachable agent hosts a replica of {name}")
+        # Leaderless is only this agent's view: an election may be on, or this
+        # agent alone may be cut off from a majority that still serves.
+        answered = {s["reported_by"] for s in survivors}
+        lost = recovery.lost_voters(best["members"], answered)
+        views = await self.agent.fleet.views_of(lost)
+        why = recovery.refusal(name, best["members"], answered, views)
+        if why is not None:
+            raise ControlError("bad_request", f"not recovering {why}")
         min_term = max(s.get("term", 0) for s in survivors)
         source = best["reported_by"]
         await self.call_on(source, "force_recover", {"group": name, "min_term": min_term})
