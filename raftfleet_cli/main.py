@@ -505,7 +505,10 @@ def group_transfer_leader(state: State, name: str, agent: str) -> None:
 def group_recover(state: State, name: str, force: bool, yes: bool) -> None:
     """Rebuild group NAME from its surviving replicas after it lost its majority.
 
-    Writes acknowledged only by the lost replicas are gone for good.
+    Writes acknowledged only by the lost replicas are gone for good. The
+    agent refuses while a majority of the voters answers (an election is on)
+    or while another agent still reaches a voter it cannot (a network cut
+    around it): forcing then would fork the group from a live majority.
     """
     from raftfleet_cli.views import action_view
 
