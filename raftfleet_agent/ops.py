@@ -43,6 +43,7 @@ logger = logging.getLogger("raftfleet.ops")
 PEER_CALL_TIMEOUT_S = 3.0
 CREATE_TIMEOUT_S = 10.0
 DRAIN_GROUPS_SHOWN = 10  # groups named when a drain watch times out
+DRAIN_MOVES_EVERY_S = 1.0  # a drain watch asks the other agents for their moves this often
 STATUS_STATE_WAIT_S = 1.0  # status waits this long for the cluster state, then says so
 HEALTH_READ_S = 1.0  # GET /health: the cluster-state read must answer within this
 # What `group_status` shows of each replica when the group has no leader.
@@ -299,11 +300,14 @@ class AgentOps:
         timeout = args.get("timeout_s")
         started = time.monotonic()
         last = None
+        moves, moves_read = 0, -math.inf
         with trio.move_on_after(timeout if timeout else math.inf) as scope:
             while True:
                 replicas, leaders = fleet.local_counts()
                 state, _ = await fleet.my_state()
-                now = (replicas, leaders, fleet.moves_in_flight, state)
+                if time.monotonic() - moves_read >= DRAIN_MOVES_EVERY_S:
+                    moves, moves_read = await self._cluster_moves(), time.monotonic()
+                now = (replicas, leaders, moves, state)
                 if now != last:
                     last = now
                     await events.send(
@@ -311,7 +315,7 @@ class AgentOps:
                             "event": "progress",
                             "replicas": replicas,
                             "leaders": leaders,
-                            "moves_in_flight": fleet.moves_in_flight,
+                            "moves_in_flight": moves,
                             "state": state,
                             "elapsed_s": round(time.monotonic() - started, 2),
                         }
@@ -699,8 +703,30 @@ class AgentOps:
         rpc._nursery.start_soon(say_hello)
 
     async def peer_brief(self, peer: str, args: dict) -> object:
-        replicas, leaders = self.agent.fleet.local_counts()
-        return {"replicas": replicas, "leaders": leaders}
+        fleet = self.agent.fleet
+        replicas, leaders = fleet.local_counts()
+        return {"replicas": replicas, "leaders": leaders, "moves_in_flight": fleet.moves_in_flight}
+
+    async def _cluster_moves(self) -> int:
+        """Group moves under way on this agent and every agent it reaches.
+
+        A drained agent's replicas are moved by the reconcilers of the other
+        agents (each converges the groups it should lead), so its own count
+        says nothing of the drain. Agents too old to say count as none.
+        """
+        counts = [self.agent.fleet.moves_in_flight]
+
+        async def ask(agent: str) -> None:
+            with contextlib.suppress(RpcError):
+                brief = await self.call_on(agent, "brief", {})
+                if isinstance(brief, dict) and type(brief.get("moves_in_flight")) is int:
+                    counts.append(brief["moves_in_flight"])
+
+        with trio.move_on_after(PEER_CALL_TIMEOUT_S):
+            async with trio.open_nursery() as n:
+                for agent in self.agent.connected_peers():
+                    n.start_soon(ask, agent)
+        return sum(counts)
 
     async def peer_reaches(self, peer: str, args: dict) -> object:
         """Whether this agent has a connection to `agent` now (asked before a purge)."""

@@ -328,6 +328,8 @@ def test_drain_of_a_hundred_replicas_is_fast(tmp_path: Path) -> None:
             events = list(c.stream("drain_watch", timeout=120, timeout_s=120))
         elapsed = time.monotonic() - t0
         assert events and events[0]["replicas"] > 0
+        progress = [e for e in events if e["event"] == "progress"]
+        assert progress and all(type(e["moves_in_flight"]) is int for e in progress), events
         assert victim.call("status")["replicas"] == 0
         assert victim.call("status")["state"] in ("inactive", "draining")
         assert elapsed < 60, f"draining {replicas} replicas took {elapsed:.1f} s"
