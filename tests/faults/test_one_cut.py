@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from raftfleet_cli.client import ControlError
+from tests.faults.fronted import start_behind
 from tests.faults.proxy import FaultProxy
-from tests.procs import AgentProc, agents, connected_to_all, wait_for
+from tests.procs import AgentProc, agents, wait_for
 
 WINDOW_S = 3
 ENV = {"RAFTFLEET_RECONCILE_INTERVAL_S": "1", "RAFTFLEET_PURGE_WINDOW_S": str(WINDOW_S)}
@@ -51,18 +52,7 @@ def test_an_agent_cut_off_from_the_cluster_leader_alone_is_kept(tmp_path: Path) 
         FaultProxy(seed=1) as proxy,
         agents(tmp_path, 4, first_octet=91, start=False, env=ENV) as procs,
     ):
-        advertised = {}
-        for a in procs:
-            host, port = proxy.add_agent(a.name, a.host, a.port)
-            advertised[a.name] = f"{host}:{port}"
-            a.extra_args = ["--advertise", advertised[a.name]]
-        for a in procs[1:]:
-            a.join = [advertised["a1"]]
-        for a in procs:
-            a.start()
-        wait_for(lambda: connected_to_all(procs), 30, "agents to connect")
-        for a, zone in zip(procs, ["z1", "z2", "z3", "z1"], strict=True):
-            a.call("activate", zone=zone)
+        start_behind(proxy, procs, ["z1", "z2", "z3", "z1"])
         procs[0].call("group_create", name="c0", timeout=30)
 
         leader = _cluster_leader(procs)

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from raftfleet_cli.client import ControlError
+from tests.faults.fronted import start_behind
 from tests.faults.proxy import FaultProxy
-from tests.procs import AgentProc, agents, connected_to_all, wait_for
+from tests.procs import AgentProc, agents, wait_for
 
 ENV = {"RAFTFLEET_RECONCILE_INTERVAL_S": "1"}
 
@@ -38,18 +39,7 @@ def test_recover_is_refused_on_an_agent_cut_off_from_a_live_majority(tmp_path: P
         FaultProxy(seed=2) as proxy,
         agents(tmp_path, 4, first_octet=95, start=False, env=ENV) as procs,
     ):
-        advertised = {}
-        for a in procs:
-            host, port = proxy.add_agent(a.name, a.host, a.port)
-            advertised[a.name] = f"{host}:{port}"
-            a.extra_args = ["--advertise", advertised[a.name]]
-        for a in procs[1:]:
-            a.join = [advertised["a1"]]
-        for a in procs:
-            a.start()
-        wait_for(lambda: connected_to_all(procs), 30, "agents to connect")
-        for a, zone in zip(procs, ["z1", "z2", "z3", "z1"], strict=True):
-            a.call("activate", zone=zone)
+        start_behind(proxy, procs, ["z1", "z2", "z3", "z1"])
         created = procs[0].call("group_create", name="g", timeout=30)
         holders = {r.split("/")[0] for r in created["replicas"]}  # type: ignore[index]
         assert len(holders) == 3, created
