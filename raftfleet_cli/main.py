@@ -342,6 +342,12 @@ def _held_row(held: object, why: object) -> list[tuple[str, object]]:
     return [("purges held", text)]
 
 
+def _note_state_error(state: State, view: dict) -> None:
+    """Say on stderr that the answer comes from a copy of the cluster state (JSON carries it)."""
+    if view.get("state_error") and not state.out.json:
+        note(f"raftfleet: {view['state_error']}")
+
+
 @main.command()
 @pass_state
 def nodes(state: State) -> None:
@@ -357,8 +363,7 @@ def nodes(state: State) -> None:
                 raise
         # An older agent: what its status knows (peers' zones and counts unknown).
         view = nodes_from_status(state.call("status", "nodes"))
-    if view.get("state_error") and not state.out.json:
-        note(f"raftfleet: {view['state_error']}")
+    _note_state_error(state, view)
     rows = [[node[key] for key in NODE_FIELDS] for node in view["nodes"]]
     _listing(state, view, [key.upper() for key in NODE_FIELDS], rows)
 
@@ -423,8 +428,7 @@ def group_list(state: State) -> None:
     from raftfleet_cli.views import GROUP_FIELDS, group_list_view
 
     view = group_list_view(state.call("group_list", "group list"))
-    if view.get("state_error") and not state.out.json:
-        note(f"raftfleet: {view['state_error']}")
+    _note_state_error(state, view)
     columns = ("name", "type", "replicas", "leader")
     rows = [[g[key] for key in columns] for g in view["groups"]]
     assert set(columns) == set(GROUP_FIELDS)
@@ -445,8 +449,7 @@ def group_status(state: State, name: str) -> None:
 
     view = group_status_view(state.call("group_status", f"group status {name}", name=name))
     out = state.out
-    if view.get("state_error") and not out.json:
-        note(f"raftfleet: {view['state_error']}")
+    _note_state_error(state, view)
     if out.json:
         out.document(view)
         return

@@ -177,8 +177,16 @@ def nodes_view(raw: object) -> dict[str, Any]:
     elif isinstance(items, list | tuple):
         nodes = [_node(None, info) for info in items]
     nodes.sort(key=lambda n: str(n["name"]))
+    return _with_state_error({"nodes": nodes}, raw)
+
+
+def _with_state_error(view: dict[str, Any], raw: object) -> dict[str, Any]:
+    """`view`, and the agent's `state_error` if it gave one: the answer came
+    from its last copy of the cluster state, not through the leader."""
     error = raw.get("state_error") if isinstance(raw, Mapping) else None
-    return {"nodes": nodes, "state_error": error} if isinstance(error, str) else {"nodes": nodes}
+    if isinstance(error, str):
+        view["state_error"] = error
+    return view
 
 
 def nodes_from_status(raw: object) -> dict[str, Any]:
@@ -225,11 +233,7 @@ def group_list_view(raw: object) -> dict[str, Any]:
     elif isinstance(items, list | tuple):
         groups = [_group(None, info) for info in items]
     groups.sort(key=lambda g: str(g["name"]))
-    view: dict[str, Any] = {"groups": groups}
-    error = raw.get("state_error") if isinstance(raw, Mapping) else None
-    if isinstance(error, str):
-        view["state_error"] = error
-    return view
+    return _with_state_error({"groups": groups}, raw)
 
 
 def _member(raw: object) -> dict[str, Any]:
@@ -275,10 +279,7 @@ def group_status_view(raw: object) -> dict[str, Any]:
         if isinstance(replicas, list | tuple)
         else []
     )
-    error = raw.get("state_error") if isinstance(raw, Mapping) else None
-    if isinstance(error, str):
-        view["state_error"] = error  # desired and zones come from a copy of the cluster state
-    return view
+    return _with_state_error(view, raw)  # desired and zones from a copy, if so
 
 
 def _replica_view(raw: object) -> dict[str, Any]:
