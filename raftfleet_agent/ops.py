@@ -529,16 +529,14 @@ class AgentOps:
             voting = {m["agent"] for m in st["members"] if m["role"] != "learner"}
             st["converged"] = bool(desired) and voting == set(desired or ())
             return st
+        if desired is None:
+            st["converged"] = None  # placement unknown here, or the group is placed by hand
+            return st
         st["converged"] = (
-            None
-            if desired is None
-            # None: unknown, or not placed
-            else (
-                bool(desired)
-                and have == set(desired)
-                and st.get("leader") == desired[0]
-                and all(m["role"] != "learner" for m in st["members"])
-            )
+            bool(desired)
+            and have == set(desired)
+            and st.get("leader") == desired[0]
+            and all(m["role"] != "learner" for m in st["members"])
         )
         return st
 
