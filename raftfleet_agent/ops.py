@@ -585,7 +585,7 @@ class AgentOps:
         views = await self.agent.fleet.views_of(lost)
         why = recovery.refusal(name, best["members"], answered, views)
         if why is not None:
-            raise ControlError("bad_request", f"not recovering {why}")
+            raise ControlError("invalid_argument", f"not recovering {why}")
         min_term = max(s.get("term", 0) for s in survivors)
         source = best["reported_by"]
         await self.call_on(source, "force_recover", {"group": name, "min_term": min_term})
