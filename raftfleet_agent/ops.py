@@ -59,6 +59,17 @@ _REPLICA_VIEW = (
 )
 
 
+def _already_in_a_cluster(cluster: str, address: str) -> str:
+    # An agent started with no join address and no peer founds a cluster of
+    # its own at once: the usual way into this message.
+    return (
+        f"this agent is already in cluster {cluster} (an agent started without a join "
+        f"address founds its own) and {address} is in another; an agent joins one cluster, "
+        f"for good: stop it, move its data directory away, and start it with --join {address} "
+        f'(join = ["{address}"] in agent.toml)'
+    )
+
+
 class AgentOps:
     """The control handler (`handle`) and the peer-call handlers of one agent."""
 
@@ -345,6 +356,10 @@ class AgentOps:
         except (OSError, trio.TooSlowError) as e:
             raise ControlError("unavailable", f"cannot reach {args['address']}: {e}") from None
         except Exception as e:
+            mine = self.agent.identity.cluster_id
+            if mine is not None and "cluster id mismatch" in str(e):
+                why = _already_in_a_cluster(mine, args["address"])
+                raise ControlError("invalid_argument", why) from None
             raise ControlError("unauthorized", f"{args['address']} refused us: {e}") from None
         return {"joined": name}
 

@@ -208,7 +208,11 @@ def _host_port(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.argument("address", metavar="HOST:PORT", callback=_host_port)
 @pass_state
 def join(state: State, address: str) -> None:
-    """Join this agent to the cluster of the agent at HOST:PORT (its peer address)."""
+    """Join this agent to the cluster of the agent at HOST:PORT (its peer address).
+
+    Only an agent in no cluster yet can join one: an agent started without a
+    join address founds its own at once (the agent then says how to move it).
+    """
     from raftfleet_cli.views import action_view
 
     result = state.call("join", f"join {address}", address=address)

@@ -239,3 +239,23 @@ def test_sighup_rereads_the_log_level(tmp_path: Path) -> None:
         assert a.ping()
     finally:
         a.stop()
+
+
+def test_a_founder_asked_to_join_another_cluster_says_how(tmp_path: Path) -> None:
+    """Started without a join address, an agent founds its own cluster at once;
+    `raftfleet join` then cannot move it, and must say what will."""
+    a = AgentProc("first", "127.0.0.36", tmp_path / "a")
+    b = AgentProc("second", "127.0.0.37", tmp_path / "b")  # a second founder, a second cluster
+    try:
+        a.start()
+        b.start()
+        before = b.call("status")["cluster"]["id"]  # type: ignore[index]
+        with pytest.raises(ControlError) as info:
+            b.call("join", address=a.address)
+        assert info.value.code == "invalid_argument", info.value
+        text = str(info.value)
+        assert f"already in cluster {before}" in text and f"--join {a.address}" in text
+        assert b.call("status")["cluster"]["id"] == before  # type: ignore[index]
+    finally:
+        b.stop()
+        a.stop()
