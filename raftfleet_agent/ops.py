@@ -182,7 +182,7 @@ class AgentOps:
         info: dict[str, object] = {"agent": a.config.name, "state": state, "zone": zone}
         if a.router is None:
             return False, {**info, "reason": "the agent is starting"}
-        if known is None and CLUSTER not in self.host.replicas:
+        if a.identity.cluster_id is None:
             return False, {**info, "reason": "not in a cluster yet (waiting to join one)"}
         try:
             with trio.fail_after(HEALTH_READ_S * 1.5):
