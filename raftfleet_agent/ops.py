@@ -235,16 +235,10 @@ class AgentOps:
         st, problem = await self._cluster_state_now()  # a copy is flagged below
         if st is None:
             raise ControlError("unavailable", str(problem))
-        briefs: dict[str, dict] = {}
-
-        async def ask(agent: str) -> None:
-            with contextlib.suppress(RpcError):
-                briefs[agent] = await self.call_on(agent, "brief", {})  # type: ignore[assignment]
-
-        async with trio.open_nursery() as n:
-            for name in st["agents"]:  # type: ignore[index]
-                if name == self.agent.config.name or self.agent.transport.is_connected(name):
-                    n.start_soon(ask, name)
+        me, transport = self.agent.config.name, self.agent.transport
+        briefs = await self._ask_each(
+            [n for n in st["agents"] if n == me or transport.is_connected(n)], "brief", {}
+        )
         down = self.agent.fleet.unreachable()
         nodes = []
         for name, info in sorted(st["agents"].items()):  # type: ignore[index]
@@ -557,18 +551,27 @@ class AgentOps:
 
     async def _survey(self, name: str) -> list[dict]:
         """replica_status of `name` from every reachable agent that hosts a replica."""
-        found: list[dict] = []
+        agents = [self.agent.config.name, *self.agent.connected_peers()]
+        return list((await self._ask_each(agents, "replica_status", {"group": name})).values())
+
+    async def _ask_each(self, agents: list[str], op: str, args: dict) -> dict[str, dict]:
+        """Peer call `op` on each of `agents` at once: {agent: answer} of those that answered.
+
+        An agent that fails (down, too old, not hosting what is asked) is
+        left out; each call is bounded by PEER_CALL_TIMEOUT_S.
+        """
+        answers: dict[str, dict] = {}
 
         async def ask(agent: str) -> None:
             with contextlib.suppress(RpcError):
-                st = await self.call_on(agent, "replica_status", {"group": name})
-                if isinstance(st, dict):
-                    found.append(st)
+                answer = await self.call_on(agent, op, args)
+                if isinstance(answer, dict):
+                    answers[agent] = answer
 
         async with trio.open_nursery() as n:
-            for a in [self.agent.config.name, *self.agent.connected_peers()]:
-                n.start_soon(ask, a)
-        return found
+            for agent in agents:
+                n.start_soon(ask, agent)
+        return answers
 
     @staticmethod
     def _best(states: list[dict]) -> dict | None:
@@ -727,19 +730,9 @@ class AgentOps:
         agents (each converges the groups it should lead), so its own count
         says nothing of the drain. Agents too old to say count as none.
         """
-        counts = [self.agent.fleet.moves_in_flight]
-
-        async def ask(agent: str) -> None:
-            with contextlib.suppress(RpcError):
-                brief = await self.call_on(agent, "brief", {})
-                if isinstance(brief, dict) and type(brief.get("moves_in_flight")) is int:
-                    counts.append(brief["moves_in_flight"])
-
-        with trio.move_on_after(PEER_CALL_TIMEOUT_S):
-            async with trio.open_nursery() as n:
-                for agent in self.agent.connected_peers():
-                    n.start_soon(ask, agent)
-        return sum(counts)
+        briefs = await self._ask_each(self.agent.connected_peers(), "brief", {})
+        theirs = [b.get("moves_in_flight") for b in briefs.values()]
+        return self.agent.fleet.moves_in_flight + sum(m for m in theirs if type(m) is int)
 
     async def peer_reaches(self, peer: str, args: dict) -> object:
         """Whether this agent has a connection to `agent` now (asked before a purge)."""
