@@ -1,10 +1,11 @@
 """Where the CPU goes while the agents take a write load: one probe, JSON out.
 
-    .venv/bin/python bench/probe.py [--groups 1|100] [--seconds S] [--in-memory]
+    .venv/bin/python bench/probe.py [--groups 1|100] [--clients 1|64] [--seconds S] [--in-memory]
 
 Starts 3 agents as `python -m bench` does, creates the groups, and runs the
 write scenario's load (64 writers: 2 client processes x 4 connections x 8
-deep; over 100 groups, spread as write_100groups spreads them). Over the
+deep; over 100 groups, spread as write_100groups spreads them), or with
+`--clients 1` one writer with one request in flight (one group). Over the
 middle of the window it samples, from /proc and each agent's status:
 - CPU of each agent's loop thread (the main thread: trio, Raft, control,
   transport) and of its other threads (the store's writer), 100 = one core;
@@ -51,10 +52,10 @@ def thread_ticks(pid: int) -> tuple[int, int]:
     return main, other
 
 
-def specs_for(procs: list[AgentProc], names: list[str]) -> list[dict]:
+def specs_for(procs: list[AgentProc], names: list[str], clients: int) -> list[dict]:
     if len(names) == 1:
         socks = [R.leader_of(procs, names[0]).sock]
-        return R.framed_specs(socks, 64, "command", "inc", R.WRITE_ARGS)
+        return R.framed_specs(socks, clients, "command", "inc", R.WRITE_ARGS)
     return R.spread_specs(procs, R.leaders_by_agent(procs, names))
 
 
@@ -68,14 +69,14 @@ def sample(procs: list[AgentProc]) -> dict:
     }
 
 
-def probe(groups: int, seconds: float, in_memory: bool) -> dict:
+def probe(groups: int, clients: int, seconds: float, in_memory: bool) -> dict:
     with R.fleet(3, 31, "probe", in_memory=in_memory) as procs:
         names = ["w"] if groups == 1 else [f"g{i}" for i in range(groups)]
         for g in names:
             procs[0].call("group_create", name=g, timeout=30)
         if groups > 1:
             R.wait_quiescent(procs, 20, 1.0)
-        specs = specs_for(procs, names)
+        specs = specs_for(procs, names, clients)
         box: dict = {}
 
         def sampler() -> None:
@@ -111,10 +112,12 @@ def probe(groups: int, seconds: float, in_memory: bool) -> dict:
     agent_cpu = sum(x["loop_thread_cpu_pct"] + x["other_threads_cpu_pct"] for x in agents.values())
     return {
         "groups": groups,
+        "clients": clients,
         "in_memory": in_memory,
         "ops_per_s": round(ops, 1),
         "p50_s": load["p50_s"],
         "p99_s": load["p99_s"],
+        "p999_s": load.get("p999_s"),
         "errors": load["errors"],
         "agents": agents,
         "clients_cpu_pct": sum(pct(b["clients"][c] - a["clients"][c]) for c in both),
@@ -126,13 +129,16 @@ def probe(groups: int, seconds: float, in_memory: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--groups", type=int, default=1, help="1 or more groups (default 1)")
+    ap.add_argument("--clients", type=int, default=64, choices=(1, 64), help="writers (default 64)")
     ap.add_argument("--seconds", type=float, default=6.0, help="load window (default 6)")
     ap.add_argument("--in-memory", action="store_true", help="agents run --in-memory")
     args = ap.parse_args()
     if args.groups < 1 or not 2 <= args.seconds <= 120:
         ap.error("--groups must be >= 1 and --seconds within 2..120")
+    if args.clients == 1 and args.groups != 1:
+        ap.error("--clients 1 needs --groups 1")
     try:
-        out = probe(args.groups, args.seconds, args.in_memory)
+        out = probe(args.groups, args.clients, args.seconds, args.in_memory)
     finally:
         R.stop_all_children()
     print(json.dumps(out))
