@@ -60,6 +60,10 @@ from raftfleet_agent.storage.api import GroupWrite, LogStore, WriteBatch
 
 logger = logging.getLogger("raftfleet.host")
 
+# A group whose batches of entries average fewer than this serves about one
+# request at a time: see MultiRaftHost._need_not_wait.
+_ONE_AT_A_TIME = 2.0
+
 # Requests started without a task between two sweeps of the deadline heap.
 _DEADLINE_SWEEP_EVERY = 4096
 
@@ -253,6 +257,7 @@ class MultiRaftHost:
 
     def _gather(self) -> None:
         readys: list[tuple[Replica, Ready]] = []
+        at_once: list[tuple[Replica, Ready]] = []  # nothing in them waits for the disk
         writes: list[GroupWrite] = []
         extra = self._extra
         self._extra = []
@@ -266,7 +271,9 @@ class MultiRaftHost:
                 self._apply_committed_early(r)
                 continue
             rd = r.member.ready()
-            readys.append((r, rd))
+            if rd.entries:
+                r.batch_avg += (len(rd.entries) - r.batch_avg) / 8
+            (at_once if self._need_not_wait(r, rd) else readys).append((r, rd))
             self._queue(r.group, rd.early_messages)
             if rd.committed and rd.snapshot is None:
                 # Committed means durable on a majority already: apply and answer
@@ -275,18 +282,40 @@ class MultiRaftHost:
                 for e in rd.committed:
                     r.apply(e)
             writes.extend(self._writes_of(g, rd))
-        if not readys and not extra:
+        if not readys and not extra and not at_once:
             return
         turn = _Turn(readys, [w for _, w in extra])
         if not writes:
             self._finish(turn)  # nothing to persist: no need to wait for the disk
-            return
-        self._in_flight += 1
-        self._batches += 1
-        batch = WriteBatch(tuple(writes))
-        self._entries += batch.entry_count
-        turn.submitted_s = self.metrics.note_submitted(len(batch.writes), batch.entry_count)
-        self.store.submit(batch, partial(self._on_durable_thread, turn))
+        else:
+            self._in_flight += 1
+            self._batches += 1
+            batch = WriteBatch(tuple(writes))
+            self._entries += batch.entry_count
+            turn.submitted_s = self.metrics.note_submitted(len(batch.writes), batch.entry_count)
+            self.store.submit(batch, partial(self._on_durable_thread, turn))
+        if at_once:
+            # After the submit: their writes are ahead of any their next Ready makes.
+            self._finish(_Turn(at_once, []))
+
+    @staticmethod
+    def _need_not_wait(r: Replica, rd: Ready) -> bool:
+        """Whether to advance `rd` now instead of after this turn's fsync.
+
+        Only a Ready with nothing that must be durable first (at most a new
+        commit index, which is learned again from the leader after a crash:
+        etcd's MustSync rule); its messages then promise only what earlier,
+        durable writes hold. Its write still goes with this turn's batch.
+
+        And only while the group's batches of entries hold about one entry
+        (a running mean: one short batch must not switch a busy group over).
+        Waiting costs the group's next proposal a whole disk write, which is
+        what a lone client sees as latency; but where many clients write to
+        one group, the requests that arrive during that wait are what fills
+        the next batch (measured with 64 clients on one group: 10,000/s when
+        never waiting against 11,000-13,000/s when always waiting).
+        """
+        return not rd.sync and not rd.removed and r.batch_avg < _ONE_AT_A_TIME
 
     @staticmethod
     def _apply_committed_early(r: Replica) -> None:

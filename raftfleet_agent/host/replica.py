@@ -96,6 +96,7 @@ class Replica:
     __slots__ = (
         "_read_ids",
         "applier",
+        "batch_avg",
         "created_s",
         "group",
         "known_leader",
@@ -122,6 +123,7 @@ class Replica:
         self.leader_since_s = time.monotonic()  # when known_leader last changed (wall clock:
         # a quiescent replica's ticks stop)
         self.created_s = self.leader_since_s  # created or loaded by this process
+        self.batch_avg = 1.0  # running mean of entries per Ready that had any (the loop's)
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)

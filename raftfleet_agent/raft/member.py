@@ -1424,6 +1424,12 @@ class RaftMember:
             entries=entries,
             snapshot=self._pending_install,
             compacted=self._pending_compacted,
+            sync=bool(
+                entries
+                or self._pending_install is not None
+                or self._pending_compacted is not None
+                or hs_now[:2] != self._hs_persisted[:2]
+            ),
             early_messages=tuple(self._early),
             messages=tuple(self._msgs),
             committed=committed,

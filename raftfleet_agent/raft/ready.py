@@ -21,6 +21,15 @@ A host handles a Ready in this order, then calls `member.advance(ready)`:
    server applies in parallel with its WAL write for the same reason.
 4. If `removed`, this replica was removed from its group: stop it.
 
+`sync` is False when the only thing to persist is a new commit index (no
+entries, snapshot, term or vote): etcd's `MustSync`. Such a write still has
+to reach the store, in order with the writes after it, but nothing waits
+for it to be durable: a host may send `messages` and call `advance()` as
+soon as it has handed the write over. Those messages promise only what is
+durable already (the entries, term and vote of Readys advanced before, each
+after its own write), and a commit index is learned again from the leader
+after a crash.
+
 `ready()` raises if called again before `advance()`; inputs (`tick`, `step`,
 `propose`, ...) may arrive in between and go into the next Ready. A host
 that applied the Ready's `committed` when it took it may also call
@@ -49,6 +58,7 @@ class Ready:
     reads: tuple[ReadState, ...] = ()
     failed_reads: tuple[object, ...] = ()
     removed: bool = False
+    sync: bool = False  # see the module doc; set by RaftMember.ready()
 
     @property
     def must_persist(self) -> bool:

@@ -50,6 +50,7 @@ def _one(args: tuple[int, int, str, str | None]) -> dict:
         "messages": r.messages,
         "faults": r.faults,
         "quiesced": r.quiesced,
+        "advanced_unsynced": r.advanced_unsynced,
     }
 
 
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "elections": sum(r["elections"] for r in ok),
         "faults": sum(r["faults"] for r in ok),
         "quiesced": sum(r["quiesced"] for r in ok),
+        "advanced_unsynced": sum(r["advanced_unsynced"] for r in ok),
         "elapsed_s": round(time.monotonic() - t0, 2),
     }
     print(json.dumps(summary))

@@ -53,6 +53,7 @@ class SimResult:
     messages: int
     faults: int
     quiesced: int  # times a leader went quiet (idle groups must be covered too)
+    advanced_unsynced: int  # Readys advanced before their write was durable (ready.py `sync`)
 
 
 @attrs.frozen(kw_only=True)
@@ -519,6 +520,7 @@ class Simulation:
             self.net.sent,
             self.fault_count,
             self.quiesced,
+            sum(n.advanced_unsynced for n in self.nodes.values()),
         )
 
     def _await_progress(self, ticks: int) -> None:

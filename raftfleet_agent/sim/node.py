@@ -141,6 +141,13 @@ class SimNode:
         # seed already drawn: no new draw, so every seed's run stays the same.
         self.apply_early = seed & 1 == 1
         self._applied_early = False
+        # Half the nodes (another bit of the same seed) advance a Ready that
+        # needs no sync at once, as the agent does for groups serving one
+        # request at a time: its write (a commit index) reaches the disk with
+        # the next write, or is lost if the node crashes first.
+        self.advance_unsynced = seed & 2 == 2
+        self.unsynced: list[Ready] = []  # taken and advanced, not on the disk yet
+        self.advanced_unsynced = 0  # how often (the summary shows the path is taken)
 
     @property
     def alive(self) -> bool:
@@ -155,6 +162,7 @@ class SimNode:
         self.deferred = []
         self.inflight = None
         self.reads = []
+        self.unsynced = []
 
     def restart(self) -> None:
         d = self.disk
@@ -187,6 +195,8 @@ class SimNode:
         self._applied_early = self.apply_early and rd.snapshot is None
         if self._applied_early:
             self._apply(rd)
+        if self.advance_unsynced and not rd.sync and not rd.removed:
+            self.finish_ready(durable=False)
         return True
 
     def _apply(self, rd: Ready) -> None:
@@ -197,13 +207,24 @@ class SimNode:
             reply, effective = self.sm.apply(e)
             self.on_apply(self, e, reply, effective)
 
-    def finish_ready(self) -> None:
-        """The disk write completed: send, apply, answer, advance."""
+    def finish_ready(self, durable: bool = True) -> None:
+        """The disk write completed: send, apply, answer, advance.
+
+        `durable=False`: the write was only handed over (a Ready that needs no
+        sync); it is persisted before the next durable one, in order.
+        """
         rd, m = self.inflight, self.member
         if rd is None or m is None:
             return
         self.inflight = None
-        self.disk.persist(rd)
+        if durable:
+            for earlier in self.unsynced:
+                self.disk.persist(earlier)
+            self.unsynced = []
+            self.disk.persist(rd)
+        else:
+            self.unsynced.append(rd)
+            self.advanced_unsynced += 1
         for msg in rd.messages:
             self.send(msg)
         if rd.snapshot is not None:

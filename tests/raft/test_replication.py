@@ -217,3 +217,27 @@ def test_duplicated_and_reordered_appends_lose_nothing() -> None:
     c.run(2)
     assert c.state(B) == list(range(5))
     assert_applied_agree(c)
+
+
+def test_only_a_ready_that_writes_more_than_the_commit_index_must_be_synced() -> None:
+    # etcd's MustSync: entries, a snapshot, a term or a vote must be durable
+    # before the Ready is advanced; a commit index alone is learned again
+    # from the leader, so a host may advance without waiting for its write.
+    c = Cluster()
+    c.elect(A)
+    first = len(c.replicas[A].readys)
+    c[A].propose("x")
+    c.stabilize()
+    mine = c.replicas[A].readys[first:]
+    with_entries = [rd for rd in mine if rd.entries]
+    assert with_entries and all(rd.sync for rd in with_entries)
+    commit_only = [rd for rd in mine if rd.hard_state is not None and not rd.entries]
+    assert commit_only, "the leader writes its new commit index"
+    assert all(not rd.sync for rd in commit_only)
+    assert commit_only[-1].hard_state.commit == c[A].commit  # type: ignore[union-attr]
+    # A new term (and the vote that comes with it) must be synced, entries or not.
+    before = len(c.replicas[B].readys)
+    c[B].campaign()
+    c.process()
+    votes = [rd for rd in c.replicas[B].readys[before:] if rd.hard_state is not None]
+    assert votes and votes[0].hard_state.term > 1 and votes[0].sync  # type: ignore[union-attr]

@@ -28,6 +28,7 @@ def test_two_hundred_seeds_pass() -> None:
     assert summary["seeds"] == 200 and summary["violations"] == 0
     assert summary["commands_acked"] > 10_000 and summary["reads_checked"] > 1_000
     assert summary["quiesced"] > 0  # idle phases quiesce groups, and they must wake
+    assert summary["advanced_unsynced"] > 0  # commit-index-only writes not waited for
 
 
 def test_churn_profile_passes() -> None:
