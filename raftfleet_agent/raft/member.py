@@ -321,7 +321,8 @@ class RaftMember:
         self._need_round = False
         self._pending_reads: list[tuple[object, int, int]] = []  # (ctx, index, round)
         self._reads_after_noop: list[object] = []
-        self._removal_notices: dict[ReplicaId, int] = {}  # replica -> config index removing it
+        # replica -> (config index removing it, notices sent so far)
+        self._removal_notices: dict[ReplicaId, tuple[int, int]] = {}
         self._heartbeat_elapsed = 0
         self._check_quorum_elapsed = 0
         self._replicate_dirty = False
@@ -765,6 +766,8 @@ class RaftMember:
                     frm=self.id, to=peer, term=self.term, commit=min(self.commit, pr.match), round=r
                 )
             )
+        if self._removal_notices:
+            self._send_removal_notices()
         self._on_round_acked()  # a lone voter acks its own rounds
 
     def _step_leader(self, msg: m.Message) -> None:
@@ -900,11 +903,32 @@ class RaftMember:
             waiting, self._reads_after_noop = self._reads_after_noop, []
             for ctx in waiting:
                 self._serve_read(ctx)
-        for r, idx in list(self._removal_notices.items()):
-            if idx <= self.commit:
-                del self._removal_notices[r]
-                self._send(m.Removed(frm=self.id, to=r, term=self.term))
+        if self._removal_notices:
+            self._send_removal_notices(first=True)
         self._check_removed()
+
+    def _send_removal_notices(self, *, first: bool = False) -> None:
+        """Tell replicas whose removal is committed, on commit and each round after.
+
+        We stopped replicating to them when the change was appended, so this
+        notice is all they will hear. Sent once, it can be lost (cut links),
+        and a removed replica that was quiescent then follows us for good; on
+        the cluster-state group that freezes its agent's view of the cluster
+        (likely what the fault campaign's seed 9209 hit). So it is repeated for an election
+        timeout's worth of rounds (the leader stays awake meanwhile); the
+        fleet checks membership with the leader for anything longer. `first`:
+        only those not told yet (a busy group commits far more often than it
+        runs rounds).
+        """
+        rounds = max(3, self.opts.election_ticks // self.opts.heartbeat_ticks)
+        for r, (idx, sent) in list(self._removal_notices.items()):
+            if idx > self.commit or (first and sent):
+                continue
+            self._send(m.Removed(frm=self.id, to=r, term=self.term))
+            if sent + 1 < rounds:
+                self._removal_notices[r] = (idx, sent + 1)
+            else:
+                del self._removal_notices[r]
 
     def _maybe_tell_removed(self, replica: ReplicaId) -> None:
         if self.config_index <= self.commit:
@@ -1078,7 +1102,9 @@ class RaftMember:
         self._set_config(index, new)
         self._pending_conf_index = index
         if op is ConfOp.REMOVE and replica != self.id:
-            self._removal_notices[replica] = index
+            self._removal_notices[replica] = (index, 0)
+        else:
+            self._removal_notices.pop(replica, None)  # added back: it must not hear it
         self._replicate_dirty = True
         self._maybe_commit()  # the quorum may have shrunk
         return index
@@ -1219,6 +1245,7 @@ class RaftMember:
             or self._pending_reads
             or self._reads_after_noop
             or self._pending_conf_index > self.commit
+            or self._removal_notices
             or self.commit != last
             or self.log.persisted != last
             or self.commit < self._term_start

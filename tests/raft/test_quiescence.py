@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from raftfleet_agent.raft import messages as m
+from raftfleet_agent.raft.membership import ConfOp
 
 from .harness import A, B, C, Cluster, options
 
@@ -208,3 +209,47 @@ def test_a_quorum_must_have_answered_whatever_the_host_believes() -> None:
     c[A].wake()
     c.run(8)
     assert not c[A].quiescent
+
+
+def wake_without(c: Cluster, r: object) -> None:
+    """Wake the leader (a membership change needs answers heard awake), not `r`."""
+    c[A].read("wake")
+    c.run(1, drop=lambda msg: msg.to == r)
+    assert not c[A].quiescent and c[r].quiescent  # type: ignore[index]
+
+
+def test_a_quiet_follower_whose_removal_notice_was_lost_is_told_again() -> None:
+    # The leader stops replicating to a replica when it appends its removal:
+    # the notice sent on commit is all it hears. A quiet follower that lost
+    # it never times out, and followed the old leader for good.
+    c = quiet_cluster()
+    wake_without(c, C)
+    c[A].change_membership(ConfOp.REMOVE, C)
+    lost: list[m.Message] = []
+
+    def lose_the_first(msg: m.Message) -> bool:
+        if isinstance(msg, m.Removed) and msg.to == C and not lost:
+            lost.append(msg)
+            return True
+        return False
+
+    c.run(3, drop=lose_the_first)
+    assert lost and c[A].config.voters == {A, B}
+    c.run(10)
+    assert c.replicas[C].gone
+    told = sum(1 for msg in c.sent if isinstance(msg, m.Removed) and msg.to == C)
+    c.run(40)  # the notices stop, and the group goes quiet again
+    assert sum(1 for msg in c.sent if isinstance(msg, m.Removed) and msg.to == C) == told
+    assert c[A].quiescent and c[B].quiescent
+
+
+def test_a_replica_added_back_is_not_told_it_was_removed() -> None:
+    c = quiet_cluster()
+    wake_without(c, C)
+    c[A].change_membership(ConfOp.REMOVE, C)
+    c.run(1, drop=lambda msg: isinstance(msg, m.Removed))  # C misses every notice so far
+    assert c[A].config.voters == {A, B} and not c.replicas[C].gone
+    c[A].change_membership(ConfOp.ADD_LEARNER, C)
+    c.run(20)
+    assert not c.replicas[C].gone
+    assert c[C].config.learners == {C}
