@@ -62,6 +62,9 @@ UNREACHABLE_LOG_EVERY_S = 30.0  # a round that cannot read the cluster state say
 # A fresh replica not in its group's membership after this long was never added
 # (its move failed between creating it and adding it): discard it.
 FRESH_REPLICA_GRACE_S = 20.0
+# This agent acts on its own cluster-state replica's view; one removed without
+# hearing of it still looks followed and is frozen. Ask its leader this often.
+CLUSTER_CHECK_EVERY_S = 30.0
 
 
 def _may_be_orphan(r: Replica, draining: bool, now: float) -> bool:
@@ -71,7 +74,9 @@ def _may_be_orphan(r: Replica, draining: bool, now: float) -> bool:
         return False
     if not m.ever_member:
         return now - r.created_s >= FRESH_REPLICA_GRACE_S  # its move may be adding it now
-    return draining or m.leader is None
+    # Not in its own latest configuration: its removal was under way when it
+    # lost touch, and the leader's notices may all have been lost.
+    return draining or m.leader is None or m.id not in m.config.members
 
 
 def now_ms() -> int:
@@ -146,6 +151,8 @@ class FleetService:
         self._layout_changes = 0
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
+        self._cluster_checked_s = time.monotonic()
+        self._drained_said = ("", float("-inf"))  # what we last said about our drain, when
         self._held_said: dict[str, float] = {}  # agent -> when we last said its purge is held
         # Agents past the purge window whose purge waits, and why (on the
         # cluster-state leader's agent; empty elsewhere): status and metrics.
@@ -474,13 +481,18 @@ class FleetService:
         were cut) and placement then looks elsewhere, nobody adds it, and on a
         draining agent it held the drain forever (fault campaign, seed 7218).
         So one still fresh after FRESH_REPLICA_GRACE_S is checked the same way.
+
+        The cluster-state replica too, and every CLUSTER_CHECK_EVERY_S even
+        when it looks followed: a removed one whose notices were lost keeps
+        its leader, and this agent then acts on a frozen view (seed 9209: it
+        stayed "draining" and proposed "drained" every round for minutes).
         """
         me = st["agents"].get(self.name, {})
         draining = me.get("state") == "draining"
         now = time.monotonic()
         for g, r in list(self.host.replicas.items()):
             m = r.member
-            if g == CLUSTER or not _may_be_orphan(r, draining, now):
+            if not self._worth_checking(g, r, draining, now):
                 continue
             leader = await self._leader_of(g)
             if leader is None or leader == self.name:
@@ -491,6 +503,8 @@ class FleetService:
                 continue
             if not isinstance(status, dict) or status.get("leader") != leader:
                 continue
+            if not isinstance(status.get("term"), int) or status["term"] < m.term:
+                continue  # a leader behind us may not know the configuration that added us
             ids = {tuple(x.get("replica_id") or ()) for x in status.get("members", [])}
             if (m.id.agent, m.id.n) not in ids and self.host.replicas.get(g) is r:
                 why = "removed from the group while we were away"
@@ -498,6 +512,17 @@ class FleetService:
                     why = f"never added to the group in {now - r.created_s:.0f} s"
                 logger.info("%s: discarding %s, %s", g, m.id, why)
                 await self.host.drop_replica(g)
+
+    def _worth_checking(self, g: str, r: Replica, draining: bool, now: float) -> bool:
+        if g != CLUSTER:
+            return _may_be_orphan(r, draining, now)
+        if r.member.is_leader:
+            return False
+        due = now - self._cluster_checked_s >= CLUSTER_CHECK_EVERY_S
+        if due or _may_be_orphan(r, draining, now):
+            self._cluster_checked_s = now
+            return True
+        return False
 
     def _cached_plans(self, st: dict) -> list[Plan]:
         """Placement for the groups we lead (see plans.py: incremental)."""
@@ -548,9 +573,17 @@ class FleetService:
         if self.local_counts()[0] == 0:
             try:
                 await self.propose(["drained", self.name, now_ms()])
-                logger.info("drained: this agent hosts no replica any more")
+                self._say_drained("drained: this agent hosts no replica any more")
             except FleetError as e:
-                logger.info("drained: not yet: %s", e)  # rare; a stuck drain must say why
+                self._say_drained(f"drained: not yet: {e}")  # a stuck drain must say why
+
+    def _say_drained(self, what: str) -> None:
+        # Said again only after a while: a view that lags (or, before the
+        # cluster-state replica was checked, one frozen) repeats it every round.
+        now = time.monotonic()
+        if what != self._drained_said[0] or now - self._drained_said[1] >= UNREACHABLE_LOG_EVERY_S:
+            self._drained_said = (what, now)
+            logger.info("%s", what)
 
     def _reachable(self, agent: str) -> bool:
         return agent == self.name or self.agent.transport.is_connected(agent)

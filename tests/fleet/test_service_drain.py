@@ -116,13 +116,19 @@ async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> Non
     import time
 
     from raftfleet_agent.fleet import service
-    from raftfleet_agent.raft.types import ReplicaId
+    from raftfleet_agent.raft.types import Config, ReplicaId
 
     old = time.monotonic() - service.FRESH_REPLICA_GRACE_S - 1
 
     def replica(n: int, created_s: float, *, ever_member: bool = False) -> SimpleNamespace:
+        me = ReplicaId("a4", n)
         member = SimpleNamespace(
-            id=ReplicaId("a4", n), ever_member=ever_member, is_leader=False, leader=None
+            id=me,
+            ever_member=ever_member,
+            is_leader=False,
+            leader=None,
+            term=4,
+            config=Config(frozenset({me, ReplicaId("a5", 9)}) if ever_member else frozenset()),
         )
         return SimpleNamespace(member=member, created_s=created_s)
 
@@ -151,7 +157,7 @@ async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> Non
         members = [{"replica_id": ["a5", 9]}, {"replica_id": ["a1", 7]}]
         if args["group"] == "joining":
             members.append({"replica_id": ["a4", 3]})  # as a learner, not yet caught up
-        return {"leader": "a5", "members": members}
+        return {"leader": "a5", "term": 4, "members": members}
 
     svc = FleetService.__new__(FleetService)
     svc.name = "a4"
@@ -162,3 +168,106 @@ async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> Non
     assert dropped == ["stale"]
     assert sorted(asked) == ["joining", "stale"]  # the young one is not even asked about
     assert set(replicas) == {"young", "joining", "member"}
+
+
+def _orphan_check_service(replicas: dict, status: dict) -> tuple[FleetService, list, list]:
+    """A service on a4 whose groups are led on a5, which answers `status`."""
+    import time
+
+    dropped: list[str] = []
+    asked: list[str] = []
+
+    async def drop_replica(g: str) -> bool:
+        dropped.append(g)
+        del replicas[g]
+        return True
+
+    async def leader_of(g: str) -> str:
+        return "a5"
+
+    async def call(agent: str, op: str, args: dict) -> dict:
+        assert (agent, op) == ("a5", "replica_status")
+        asked.append(args["group"])
+        return status
+
+    svc = FleetService.__new__(FleetService)
+    svc.name = "a4"
+    svc.host = SimpleNamespace(replicas=replicas, drop_replica=drop_replica)
+    svc._leader_of = leader_of  # type: ignore[method-assign]
+    svc._call = call  # type: ignore[method-assign]
+    svc._cluster_checked_s = time.monotonic()
+    return svc, dropped, asked
+
+
+def _follower(n: int, *, term: int = 4, in_config: bool = True) -> SimpleNamespace:
+    from raftfleet_agent.raft.types import Config, ReplicaId
+
+    me, leader = ReplicaId("a4", n), ReplicaId("a5", 9)
+    voters = {leader, me} if in_config else {leader}
+    member = SimpleNamespace(
+        id=me,
+        ever_member=True,
+        is_leader=False,
+        leader=leader,
+        term=term,
+        config=Config(frozenset(voters)),
+    )
+    return SimpleNamespace(member=member, created_s=0.0)
+
+
+@pytest.mark.parametrize(
+    ("leader_term", "listed", "dropped_after_the_interval"),
+    [(4, False, True), (4, True, False), (3, False, False)],
+    ids=["removed", "still a member", "asked a leader behind us"],
+)
+async def test_a_followed_cluster_state_replica_is_checked_with_its_leader_now_and_then(
+    leader_term: int, listed: bool, dropped_after_the_interval: bool
+) -> None:
+    # Seed 9209: a1's cluster-state replica was removed while the leader's one
+    # notice was lost. Quiet, it kept its leader, so a1 acted on a view frozen
+    # at "draining": it proposed "drained" every round, and never saw itself
+    # inactive, for minutes (the campaign's reactivate gave up).
+    from raftfleet_agent.fleet import service
+
+    members = [{"replica_id": ["a5", 9]}] + ([{"replica_id": ["a4", 1]}] if listed else [])
+    status = {"leader": "a5", "term": leader_term, "members": members}
+    replicas = {service.CLUSTER: _follower(1)}
+    svc, dropped, asked = _orphan_check_service(replicas, status)
+    active = {"agents": {"a4": {"state": "active"}}}
+    await svc._discard_orphans(active)
+    assert asked == []  # followed, not draining, checked moments ago
+    svc._cluster_checked_s -= service.CLUSTER_CHECK_EVERY_S
+    await svc._discard_orphans(active)
+    assert asked == [service.CLUSTER]
+    assert dropped == ([service.CLUSTER] if dropped_after_the_interval else [])
+    await svc._discard_orphans(active)
+    assert asked == [service.CLUSTER]  # and not again until the next interval
+
+
+async def test_a_replica_outside_its_own_configuration_is_checked_even_when_led() -> None:
+    # It appended its own removal and never heard that it was committed.
+    status = {"leader": "a5", "term": 4, "members": [{"replica_id": ["a5", 9]}]}
+    replicas = {"g": _follower(1, in_config=False), "h": _follower(2)}
+    svc, dropped, asked = _orphan_check_service(replicas, status)
+    await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
+    assert asked == ["g"] and dropped == ["g"]
+
+
+async def test_a_drain_that_is_reported_again_is_logged_once(caplog) -> None:  # type: ignore[no-untyped-def]
+    svc = FleetService.__new__(FleetService)
+    svc.name = "a4"
+    svc._drained_said = ("", float("-inf"))
+    svc.local_counts = lambda: (0, 0)  # type: ignore[method-assign]
+    proposed: list[list] = []
+
+    async def propose(arg: list, timeout_s: float = 2.0) -> object:
+        proposed.append(arg)
+        return {"state": "inactive"}
+
+    svc.propose = propose  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="raftfleet.fleet")
+    for _ in range(3):
+        await svc._maybe_drained({"agents": {"a4": {"state": "draining"}}})
+    assert len(proposed) == 3
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("drained")]
+    assert said == ["drained: this agent hosts no replica any more"]
