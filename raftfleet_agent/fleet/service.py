@@ -76,7 +76,8 @@ def _may_be_orphan(r: Replica, draining: bool, now: float) -> bool:
         return now - r.created_s >= FRESH_REPLICA_GRACE_S  # its move may be adding it now
     # Not in its own latest configuration: its removal was under way when it
     # lost touch, and the leader's notices may all have been lost.
-    return draining or m.leader is None or m.id not in m.config.members
+    cfg = m.config  # not cfg.members: that builds a set, per replica and round
+    return draining or m.leader is None or (m.id not in cfg.voters and m.id not in cfg.learners)
 
 
 def now_ms() -> int:
