@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from types import SimpleNamespace
 
 import pytest
@@ -108,6 +109,37 @@ async def test_only_a_draining_agent_reads_the_state_remotely_every_round() -> N
     assert reads == ["active", "draining", "draining", "draining"]
 
 
+def _orphan_check_service(
+    replicas: dict, status: Callable[[str], dict]
+) -> tuple[FleetService, list, list]:
+    """A service on a4 whose groups are led on a5, which answers `status(group)`."""
+    import time
+
+    dropped: list[str] = []
+    asked: list[str] = []
+
+    async def drop_replica(g: str) -> bool:
+        dropped.append(g)
+        del replicas[g]
+        return True
+
+    async def leader_of(g: str) -> str:
+        return "a5"
+
+    async def call(agent: str, op: str, args: dict) -> dict:
+        assert (agent, op) == ("a5", "replica_status")
+        asked.append(args["group"])
+        return status(args["group"])
+
+    svc = FleetService.__new__(FleetService)
+    svc.name = "a4"
+    svc.host = SimpleNamespace(replicas=replicas, drop_replica=drop_replica)
+    svc._leader_of = leader_of  # type: ignore[method-assign]
+    svc._call = call  # type: ignore[method-assign]
+    svc._cluster_checked_s = time.monotonic()
+    return svc, dropped, asked
+
+
 async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> None:
     # Found by the fault campaign (seed 7218): a move made a replica of "fkv"
     # on a4, adding it as a learner failed under cut links, a4 started
@@ -139,64 +171,18 @@ async def test_a_fresh_replica_never_added_is_discarded_after_the_grace() -> Non
         "member": replica(4, old, ever_member=True),  # a member with a leader, not draining
     }
     replicas["member"].member.leader = ReplicaId("a5", 9)
-    dropped: list[str] = []
 
-    async def drop_replica(g: str) -> bool:
-        dropped.append(g)
-        del replicas[g]
-        return True
-
-    async def leader_of(g: str) -> str:
-        return "a5"
-
-    asked: list[str] = []
-
-    async def call(agent: str, op: str, args: dict) -> dict:
-        assert (agent, op) == ("a5", "replica_status")
-        asked.append(args["group"])
+    def status(g: str) -> dict:
         members = [{"replica_id": ["a5", 9]}, {"replica_id": ["a1", 7]}]
-        if args["group"] == "joining":
+        if g == "joining":
             members.append({"replica_id": ["a4", 3]})  # as a learner, not yet caught up
         return {"leader": "a5", "term": 4, "members": members}
 
-    svc = FleetService.__new__(FleetService)
-    svc.name = "a4"
-    svc.host = SimpleNamespace(replicas=replicas, drop_replica=drop_replica)
-    svc._leader_of = leader_of  # type: ignore[method-assign]
-    svc._call = call  # type: ignore[method-assign]
+    svc, dropped, asked = _orphan_check_service(replicas, status)
     await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
     assert dropped == ["stale"]
     assert sorted(asked) == ["joining", "stale"]  # the young one is not even asked about
     assert set(replicas) == {"young", "joining", "member"}
-
-
-def _orphan_check_service(replicas: dict, status: dict) -> tuple[FleetService, list, list]:
-    """A service on a4 whose groups are led on a5, which answers `status`."""
-    import time
-
-    dropped: list[str] = []
-    asked: list[str] = []
-
-    async def drop_replica(g: str) -> bool:
-        dropped.append(g)
-        del replicas[g]
-        return True
-
-    async def leader_of(g: str) -> str:
-        return "a5"
-
-    async def call(agent: str, op: str, args: dict) -> dict:
-        assert (agent, op) == ("a5", "replica_status")
-        asked.append(args["group"])
-        return status
-
-    svc = FleetService.__new__(FleetService)
-    svc.name = "a4"
-    svc.host = SimpleNamespace(replicas=replicas, drop_replica=drop_replica)
-    svc._leader_of = leader_of  # type: ignore[method-assign]
-    svc._call = call  # type: ignore[method-assign]
-    svc._cluster_checked_s = time.monotonic()
-    return svc, dropped, asked
 
 
 def _follower(n: int, *, term: int = 4, in_config: bool = True) -> SimpleNamespace:
@@ -232,7 +218,7 @@ async def test_a_followed_cluster_state_replica_is_checked_with_its_leader_now_a
     members = [{"replica_id": ["a5", 9]}] + ([{"replica_id": ["a4", 1]}] if listed else [])
     status = {"leader": "a5", "term": leader_term, "members": members}
     replicas = {service.CLUSTER: _follower(1)}
-    svc, dropped, asked = _orphan_check_service(replicas, status)
+    svc, dropped, asked = _orphan_check_service(replicas, lambda _g: status)
     active = {"agents": {"a4": {"state": "active"}}}
     await svc._discard_orphans(active)
     assert asked == []  # followed, not draining, checked moments ago
@@ -248,7 +234,7 @@ async def test_a_replica_outside_its_own_configuration_is_checked_even_when_led(
     # It appended its own removal and never heard that it was committed.
     status = {"leader": "a5", "term": 4, "members": [{"replica_id": ["a5", 9]}]}
     replicas = {"g": _follower(1, in_config=False), "h": _follower(2)}
-    svc, dropped, asked = _orphan_check_service(replicas, status)
+    svc, dropped, asked = _orphan_check_service(replicas, lambda _g: status)
     await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
     assert asked == ["g"] and dropped == ["g"]
 
