@@ -517,8 +517,9 @@ class FleetService:
     def _worth_checking(self, g: str, r: Replica, draining: bool, now: float) -> bool:
         if g != CLUSTER:
             return _may_be_orphan(r, draining, now)
-        if r.member.is_leader:
-            return False
+        m = r.member
+        if m.is_leader or (not m.ever_member and now - r.created_s < FRESH_REPLICA_GRACE_S):
+            return False  # leading, or fresh: the move that made it may be adding it now
         due = now - self._cluster_checked_s >= CLUSTER_CHECK_EVERY_S
         if due or _may_be_orphan(r, draining, now):
             self._cluster_checked_s = now

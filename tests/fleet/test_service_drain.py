@@ -201,6 +201,26 @@ def _follower(n: int, *, term: int = 4, in_config: bool = True) -> SimpleNamespa
     return SimpleNamespace(member=member, created_s=0.0)
 
 
+async def test_a_fresh_cluster_state_replica_is_left_to_the_move_adding_it() -> None:
+    # Made by a move a moment ago; the leader does not list it until the next
+    # step adds it. The periodic check must not drop it meanwhile.
+    import time
+
+    from raftfleet_agent.fleet import service
+
+    fresh = _follower(1)
+    fresh.member.ever_member, fresh.member.leader = False, None
+    fresh.created_s = time.monotonic()
+    status = {"leader": "a5", "term": 4, "members": [{"replica_id": ["a5", 9]}]}
+    svc, dropped, asked = _orphan_check_service({service.CLUSTER: fresh}, lambda _g: status)
+    svc._cluster_checked_s -= service.CLUSTER_CHECK_EVERY_S
+    await svc._discard_orphans({"agents": {"a4": {"state": "draining"}}})
+    assert asked == [] and dropped == []
+    fresh.created_s -= service.FRESH_REPLICA_GRACE_S
+    await svc._discard_orphans({"agents": {"a4": {"state": "draining"}}})
+    assert asked == [service.CLUSTER] and dropped == [service.CLUSTER]  # never added after all
+
+
 @pytest.mark.parametrize(
     ("leader_term", "listed", "dropped_after_the_interval"),
     [(4, False, True), (4, True, False), (3, False, False)],
