@@ -33,6 +33,13 @@ class Throttle:
 
     def warning(self, message: str, *args: object) -> bool:
         """Log `message % args` now, or count it; True if it was logged."""
+        return self._log(logging.WARNING, message, args)
+
+    def info(self, message: str, *args: object) -> bool:
+        """The same at INFO: a line that would repeat every round, not an alarm."""
+        return self._log(logging.INFO, message, args)
+
+    def _log(self, level: int, message: str, args: tuple[object, ...]) -> bool:
         now = self._clock()
         if self._last is not None and now - self._last < self._every_s:
             self._held += 1
@@ -41,5 +48,5 @@ class Throttle:
             message += " (and %d more like it in the last %.0f s)"
             args = (*args, self._held, now - self._last if self._last is not None else 0.0)
         self._last, self._held = now, 0
-        self._logger.warning(message, *args)
+        self._logger.log(level, message, *args)
         return True

@@ -36,6 +36,7 @@ from raftfleet_agent.fleet.plans import PlanBook
 from raftfleet_agent.fleet.reconciler import Plan, Reconciler
 from raftfleet_agent.fleet.router import RouteError
 from raftfleet_agent.host.rpc import RpcError
+from raftfleet_agent.log_throttle import Throttle
 from raftfleet_agent.raft.types import Config, ReplicaId
 from raftfleet_agent.statemachine.loader import register_internal_type
 
@@ -153,7 +154,10 @@ class FleetService:
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
         self._cluster_checked_s = time.monotonic()
-        self._drained_said = ("", float("-inf"))  # what we last said about our drain, when
+        # A view that lags (or, before the cluster-state replica was checked,
+        # one frozen) repeats these every round: say each now and then.
+        self._say_drained = Throttle(logger, UNREACHABLE_LOG_EVERY_S)
+        self._say_not_drained = Throttle(logger, UNREACHABLE_LOG_EVERY_S)
         self._held_said: dict[str, float] = {}  # agent -> when we last said its purge is held
         # Agents past the purge window whose purge waits, and why (on the
         # cluster-state leader's agent; empty elsewhere): status and metrics.
@@ -575,17 +579,9 @@ class FleetService:
         if self.local_counts()[0] == 0:
             try:
                 await self.propose(["drained", self.name, now_ms()])
-                self._say_drained("drained: this agent hosts no replica any more")
+                self._say_drained.info("drained: this agent hosts no replica any more")
             except FleetError as e:
-                self._say_drained(f"drained: not yet: {e}")  # a stuck drain must say why
-
-    def _say_drained(self, what: str) -> None:
-        # Said again only after a while: a view that lags (or, before the
-        # cluster-state replica was checked, one frozen) repeats it every round.
-        now = time.monotonic()
-        if what != self._drained_said[0] or now - self._drained_said[1] >= UNREACHABLE_LOG_EVERY_S:
-            self._drained_said = (what, now)
-            logger.info("%s", what)
+                self._say_not_drained.info("drained: not yet: %s", e)  # a stuck drain says why
 
     def _reachable(self, agent: str) -> bool:
         return agent == self.name or self.agent.transport.is_connected(agent)

@@ -28,3 +28,18 @@ def test_one_line_per_interval_then_the_count_of_the_rest(
         "refusing c (and 5 more like it in the last 10 s)",
         "refusing d",
     ]
+
+
+def test_info_lines_are_throttled_the_same_way(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    throttle = Throttle(logging.getLogger("t"), every_s=30.0, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="t"):
+        assert throttle.info("drained") is True
+        now[0] = 0.2
+        assert throttle.info("drained") is False
+        now[0] = 31.0
+        assert throttle.info("drained") is True
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "drained"),
+        (logging.INFO, "drained (and 1 more like it in the last 31 s)"),
+    ]

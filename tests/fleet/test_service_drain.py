@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from raftfleet_agent.fleet.service import FleetError, FleetService
+from raftfleet_agent.log_throttle import Throttle
 
 
 @pytest.mark.parametrize(
@@ -262,7 +263,7 @@ async def test_a_replica_outside_its_own_configuration_is_checked_even_when_led(
 async def test_a_drain_that_is_reported_again_is_logged_once(caplog) -> None:  # type: ignore[no-untyped-def]
     svc = FleetService.__new__(FleetService)
     svc.name = "a4"
-    svc._drained_said = ("", float("-inf"))
+    svc._say_drained = Throttle(logging.getLogger("raftfleet.fleet"), 30.0)
     svc.local_counts = lambda: (0, 0)  # type: ignore[method-assign]
     proposed: list[list] = []
 
