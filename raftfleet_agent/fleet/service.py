@@ -68,17 +68,26 @@ FRESH_REPLICA_GRACE_S = 20.0
 CLUSTER_CHECK_EVERY_S = 30.0
 
 
+def _askable(r: Replica, now: float) -> bool:
+    """Neither leading nor fresh (the move that made it may be adding it now)."""
+    m = r.member
+    return not m.is_leader and (m.ever_member or now - r.created_s >= FRESH_REPLICA_GRACE_S)
+
+
 def _may_be_orphan(r: Replica, draining: bool, now: float) -> bool:
     """Worth asking the leader whether `r` is still (or ever was) in its group."""
-    m = r.member
-    if m.is_leader:
+    if not _askable(r, now):
         return False
-    if not m.ever_member:
-        return now - r.created_s >= FRESH_REPLICA_GRACE_S  # its move may be adding it now
+    m = r.member
     # Not in its own latest configuration: its removal was under way when it
     # lost touch, and the leader's notices may all have been lost.
     cfg = m.config  # not cfg.members: that builds a set, per replica and round
-    return draining or m.leader is None or (m.id not in cfg.voters and m.id not in cfg.learners)
+    return (
+        not m.ever_member  # fresh past the grace: never added
+        or draining
+        or m.leader is None
+        or (m.id not in cfg.voters and m.id not in cfg.learners)
+    )
 
 
 def now_ms() -> int:
@@ -521,9 +530,8 @@ class FleetService:
     def _worth_checking(self, g: str, r: Replica, draining: bool, now: float) -> bool:
         if g != CLUSTER:
             return _may_be_orphan(r, draining, now)
-        m = r.member
-        if m.is_leader or (not m.ever_member and now - r.created_s < FRESH_REPLICA_GRACE_S):
-            return False  # leading, or fresh: the move that made it may be adding it now
+        if not _askable(r, now):
+            return False
         due = now - self._cluster_checked_s >= CLUSTER_CHECK_EVERY_S
         if due or _may_be_orphan(r, draining, now):
             self._cluster_checked_s = now

@@ -914,11 +914,11 @@ class RaftMember:
         notice is all they will hear. Sent once, it can be lost (cut links),
         and a removed replica that was quiescent then follows us for good; on
         the cluster-state group that freezes its agent's view of the cluster
-        (likely what the fault campaign's seed 9209 hit). So it is repeated for an election
-        timeout's worth of rounds (the leader stays awake meanwhile); the
-        fleet checks membership with the leader for anything longer. `first`:
-        only those not told yet (a busy group commits far more often than it
-        runs rounds).
+        (likely what the fault campaign's seed 9209 hit). So it is repeated
+        for an election timeout's worth of rounds (the leader stays awake
+        meanwhile); the fleet checks membership with the leader for anything
+        longer. `first`: only those not told yet (a busy group commits far
+        more often than it runs rounds).
         """
         rounds = max(3, self.opts.election_ticks // self.opts.heartbeat_ticks)
         for r, (idx, sent) in list(self._removal_notices.items()):
