@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 import zlib
@@ -66,6 +67,13 @@ FRESH_REPLICA_GRACE_S = 20.0
 # This agent acts on its own cluster-state replica's view; one removed without
 # hearing of it still looks followed and is frozen. Ask its leader this often.
 CLUSTER_CHECK_EVERY_S = 30.0
+# Any other replica removed while its leader's notices were all lost looks
+# followed too, and would linger (rows, memory, a replica in every listing).
+# Followed replicas are checked one at a time in name order, one this often
+# (at most ORPHAN_SWEEP_MAX a round): 10,000 replicas in under 3 h, for one
+# call a second.
+ORPHAN_SWEEP_EVERY_S = 1.0
+ORPHAN_SWEEP_MAX = 5
 
 
 def _askable(r: Replica, now: float) -> bool:
@@ -163,6 +171,8 @@ class FleetService:
         self._sweep_slice = _sweep_slice_now()
         self._unreachable_said = float("-inf")
         self._cluster_checked_s = time.monotonic()
+        self._orphan_swept_s = time.monotonic()
+        self._orphan_cursor = ""  # the sweep goes on after this group name
         # A view that lags (or, before the cluster-state replica was checked,
         # one frozen) repeats these every round: say each now and then.
         self._say_drained = Throttle(logger, UNREACHABLE_LOG_EVERY_S)
@@ -500,13 +510,16 @@ class FleetService:
         when it looks followed: a removed one whose notices were lost keeps
         its leader, and this agent then acts on a frozen view (seed 9209: it
         stayed "draining" and proposed "drained" every round for minutes).
+        Every other replica is checked too, a few at a time (`_sweep_picks`):
+        a removed one that lost every notice would otherwise linger for good.
         """
         me = st["agents"].get(self.name, {})
         draining = me.get("state") == "draining"
         now = time.monotonic()
+        swept = self._sweep_picks(now)
         for g, r in list(self.host.replicas.items()):
             m = r.member
-            if not self._worth_checking(g, r, draining, now):
+            if not (self._worth_checking(g, r, draining, now) or g in swept):
                 continue
             leader = await self._leader_of(g)
             if leader is None or leader == self.name:
@@ -537,6 +550,32 @@ class FleetService:
             self._cluster_checked_s = now
             return True
         return False
+
+    def _sweep_picks(self, now: float) -> set[str]:
+        """The next followed replicas (by group name, wrapping) due for a check."""
+        passed = now - self._orphan_swept_s
+        if passed < ORPHAN_SWEEP_EVERY_S:
+            return set()
+        due = min(ORPHAN_SWEEP_MAX, int(passed / ORPHAN_SWEEP_EVERY_S))
+        self._orphan_swept_s = now
+        replicas = self.host.replicas
+
+        def askable_after(cursor: str) -> list[str]:
+            return heapq.nsmallest(
+                due,
+                (
+                    g
+                    for g, r in replicas.items()
+                    if g > cursor and g != CLUSTER and _askable(r, now)
+                ),
+            )
+
+        picks = askable_after(self._orphan_cursor)
+        if len(picks) < due:  # past the last name: on from the first
+            picks += [g for g in askable_after("") if g not in picks][: due - len(picks)]
+        if picks:
+            self._orphan_cursor = picks[-1]
+        return set(picks)
 
     def _cached_plans(self, st: dict) -> list[Plan]:
         """Placement for the groups we lead (see plans.py: incremental)."""

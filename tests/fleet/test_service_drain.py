@@ -138,6 +138,8 @@ def _orphan_check_service(
     svc._leader_of = leader_of  # type: ignore[method-assign]
     svc._call = call  # type: ignore[method-assign]
     svc._cluster_checked_s = time.monotonic()
+    svc._orphan_swept_s = float("inf")  # no sweep unless a test asks for one
+    svc._orphan_cursor = ""
     return svc, dropped, asked
 
 
@@ -258,6 +260,55 @@ async def test_a_replica_outside_its_own_configuration_is_checked_even_when_led(
     svc, dropped, asked = _orphan_check_service(replicas, lambda _g: status)
     await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
     assert asked == ["g"] and dropped == ["g"]
+
+
+async def test_followed_replicas_are_checked_a_few_at_a_time_in_name_order() -> None:
+    # A removed replica whose leader's repeated notices were all lost looks
+    # followed and in its configuration: only this slow sweep finds it.
+    import time
+
+    from raftfleet_agent.fleet import service
+
+    replicas = {g: _follower(n) for n, g in enumerate(["d", "b", "a", "c"], start=1)}
+    replicas["e"] = _follower(5)
+    replicas["e"].member.is_leader = True  # ours to lead: never asked
+    replicas[service.CLUSTER] = _follower(6)  # on its own interval, not this sweep
+
+    def status(g: str) -> dict:
+        members = [{"replica_id": ["a5", 9]}]
+        if g != "c":  # c was removed while a4 heard nothing
+            members.append({"replica_id": list(replicas[g].member.id)})
+        return {"leader": "a5", "term": 4, "members": members}
+
+    svc, dropped, asked = _orphan_check_service(replicas, status)
+    active = {"agents": {"a4": {"state": "active"}}}
+
+    async def sweep(seconds_passed: float) -> list[str]:
+        svc._orphan_swept_s = time.monotonic() - seconds_passed
+        asked.clear()
+        await svc._discard_orphans(active)
+        return sorted(asked)
+
+    assert await sweep(0.0) == []  # not due yet
+    assert await sweep(2.5 * service.ORPHAN_SWEEP_EVERY_S) == ["a", "b"]
+    assert dropped == []
+    assert await sweep(2.5 * service.ORPHAN_SWEEP_EVERY_S) == ["c", "d"]
+    assert dropped == ["c"]
+    assert await sweep(2.5 * service.ORPHAN_SWEEP_EVERY_S) == ["a", "b"]  # round again
+    assert await sweep(100 * service.ORPHAN_SWEEP_EVERY_S) == ["a", "b", "d"]  # all there are
+    assert dropped == ["c"]
+
+
+async def test_the_sweep_takes_at_most_its_share_in_one_round() -> None:
+    from raftfleet_agent.fleet import service
+
+    replicas = {f"g{n:02}": _follower(n) for n in range(3 * service.ORPHAN_SWEEP_MAX)}
+    status = {"leader": "a5", "term": 4, "members": [{"replica_id": ["a5", 9]}]}
+    svc, dropped, asked = _orphan_check_service(replicas, lambda _g: status)
+    svc._orphan_swept_s = 0.0  # long ago
+    await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
+    assert asked == [f"g{n:02}" for n in range(service.ORPHAN_SWEEP_MAX)]
+    assert dropped == asked  # none of them is listed by the leader
 
 
 async def test_a_drain_that_is_reported_again_is_logged_once(caplog) -> None:  # type: ignore[no-untyped-def]
