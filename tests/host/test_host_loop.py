@@ -352,6 +352,9 @@ async def test_start_command_and_query_call_back_once_resolved(cluster: Fabric) 
     assert w is not None and not w.resolved  # durable on a majority first
     res = await _settled(done)
     assert (res.ok, res.reply) == (True, 0) and done == [w]
+    # Let go of once called: the deadline heap keeps `w` until its next sweep,
+    # and the callback holds the whole request (freed then, thousands at once).
+    assert w.on_done is None
     # A lease read with the state machine caught up is answered on the spot.
     now = lead.start_query("fast", "get", 2.0, done.append)
     assert getattr(now, "reply", None) == 1
