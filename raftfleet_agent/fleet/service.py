@@ -74,6 +74,7 @@ CLUSTER_CHECK_EVERY_S = 30.0
 # call a second.
 ORPHAN_SWEEP_EVERY_S = 1.0
 ORPHAN_SWEEP_MAX = 5
+ORPHAN_SWEEP_BUDGET_S = 2.0  # the most a round waits for those checks
 
 
 def _askable(r: Replica, now: float) -> bool:
@@ -516,28 +517,38 @@ class FleetService:
         me = st["agents"].get(self.name, {})
         draining = me.get("state") == "draining"
         now = time.monotonic()
-        swept = self._sweep_picks(now)
         for g, r in list(self.host.replicas.items()):
-            m = r.member
-            if not (self._worth_checking(g, r, draining, now) or g in swept):
-                continue
-            leader = await self._leader_of(g)
-            if leader is None or leader == self.name:
-                continue
-            try:
-                status = await self._call(leader, "replica_status", {"group": g})
-            except RpcError:
-                continue
-            if not isinstance(status, dict) or status.get("leader") != leader:
-                continue
-            if not isinstance(status.get("term"), int) or status["term"] < m.term:
-                continue  # a leader behind us may not know the configuration that added us
-            ids = {tuple(x.get("replica_id") or ()) for x in status.get("members", [])}
-            if (m.id.agent, m.id.n) not in ids and self.host.replicas.get(g) is r:
-                why = "removed from the group while we were away"
-                if not m.ever_member:
-                    why = f"never added to the group in {now - r.created_s:.0f} s"
-                logger.info("%s: discarding %s, %s", g, m.id, why)
+            if self._worth_checking(g, r, draining, now):
+                await self._check_membership(g, r, now)
+        # Routine checks of replicas that look fine: a leader that does not
+        # answer (a stopped agent) must not hold the round up for long.
+        with trio.move_on_after(ORPHAN_SWEEP_BUDGET_S):
+            for g in sorted(self._sweep_picks(now)):
+                r = self.host.replicas.get(g)
+                if r is not None and not self._worth_checking(g, r, draining, now):
+                    await self._check_membership(g, r, now)
+
+    async def _check_membership(self, g: str, r: Replica, now: float) -> None:
+        """Drop `r` if its group's leader does not list it (see _discard_orphans)."""
+        m = r.member
+        leader = await self._leader_of(g)
+        if leader is None or leader == self.name:
+            return
+        try:
+            status = await self._call(leader, "replica_status", {"group": g})
+        except RpcError:
+            return
+        if not isinstance(status, dict) or status.get("leader") != leader:
+            return
+        if not isinstance(status.get("term"), int) or status["term"] < m.term:
+            return  # a leader behind us may not know the configuration that added us
+        ids = {tuple(x.get("replica_id") or ()) for x in status.get("members", [])}
+        if (m.id.agent, m.id.n) not in ids and self.host.replicas.get(g) is r:
+            why = "removed from the group while we were away"
+            if not m.ever_member:
+                why = f"never added to the group in {now - r.created_s:.0f} s"
+            logger.info("%s: discarding %s, %s", g, m.id, why)
+            with trio.CancelScope(shield=True):  # a drop is never left half done
                 await self.host.drop_replica(g)
 
     def _worth_checking(self, g: str, r: Replica, draining: bool, now: float) -> bool:

@@ -311,6 +311,36 @@ async def test_the_sweep_takes_at_most_its_share_in_one_round() -> None:
     assert dropped == asked  # none of them is listed by the leader
 
 
+async def test_a_leader_that_does_not_answer_holds_the_sweep_up_for_its_budget_only(
+    autojump_clock: object,
+) -> None:
+    import trio
+
+    from raftfleet_agent.fleet import service
+
+    replicas = {g: _follower(n) for n, g in enumerate(["a", "b", "c"], start=1)}
+    status = {"leader": "a5", "term": 4, "members": [{"replica_id": ["a5", 9]}]}
+
+    def answer(g: str) -> dict:
+        return status
+
+    svc, dropped, asked = _orphan_check_service(replicas, answer)
+    plain_call = svc._call
+
+    async def stopped_on_b(agent: str, op: str, args: dict) -> object:
+        if args["group"] == "b":
+            asked.append("b")
+            await trio.sleep(3600)  # a SIGSTOPped agent: no answer, no error
+        return await plain_call(agent, op, args)
+
+    svc._call = stopped_on_b  # type: ignore[method-assign]
+    svc._orphan_swept_s = 0.0  # long ago
+    start = trio.current_time()
+    await svc._discard_orphans({"agents": {"a4": {"state": "active"}}})
+    assert trio.current_time() - start == pytest.approx(service.ORPHAN_SWEEP_BUDGET_S)
+    assert asked == ["a", "b"] and dropped == ["a"]  # c waits for the next round
+
+
 async def test_a_drain_that_is_reported_again_is_logged_once(caplog) -> None:  # type: ignore[no-untyped-def]
     svc = FleetService.__new__(FleetService)
     svc.name = "a4"
