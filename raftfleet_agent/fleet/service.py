@@ -518,15 +518,17 @@ class FleetService:
         me = st["agents"].get(self.name, {})
         draining = me.get("state") == "draining"
         now = time.monotonic()
+        checked = set()
         for g, r in list(self.host.replicas.items()):
             if self._worth_checking(g, r, draining, now):
+                checked.add(g)
                 await self._check_membership(g, r, now)
         # Routine checks of replicas that look fine: a leader that does not
         # answer (a stopped agent) must not hold the round up for long.
         with trio.move_on_after(ORPHAN_SWEEP_BUDGET_S):
-            for g in sorted(self._sweep_picks(now)):
+            for g in sorted(self._sweep_picks(now) - checked):
                 r = self.host.replicas.get(g)
-                if r is not None and not self._worth_checking(g, r, draining, now):
+                if r is not None:
                     await self._check_membership(g, r, now)
 
     async def _check_membership(self, g: str, r: Replica, now: float) -> None:
