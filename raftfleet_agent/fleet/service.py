@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 import zlib
@@ -76,6 +75,17 @@ CLUSTER_CHECK_EVERY_S = 30.0
 ORPHAN_SWEEP_EVERY_S = 5.0
 ORPHAN_SWEEP_MAX = 5
 ORPHAN_SWEEP_BUDGET_S = 2.0  # the most a round waits for those checks
+# The sweep skips leaders and fresh replicas without a call; this many names
+# at most are looked at per check due, so that an agent leading nearly all of
+# its replicas does not walk all of them every round.
+ORPHAN_SWEEP_LOOK_PER_PICK = 20
+# Which replicas may be orphans (no leader, fresh, outside their own
+# configuration) is read from every replica this often; in between, only from
+# those awake. A quiescent follower has a leader and is in its configuration
+# (it went quiet on its leader's word, caught up), so the awake ones are where
+# new suspects appear; reading all 10,000 replicas of an idle agent every round
+# was a third of its CPU. Every round while draining.
+ORPHAN_SCAN_EVERY_S = 30.0
 
 
 def _askable(r: Replica, now: float) -> bool:
@@ -174,7 +184,9 @@ class FleetService:
         self._unreachable_said = float("-inf")
         self._cluster_checked_s = time.monotonic()
         self._orphan_swept_s = time.monotonic()
-        self._orphan_cursor = ""  # the sweep goes on after this group name
+        self._orphan_scanned_s = float("-inf")  # every replica read: see ORPHAN_SCAN_EVERY_S
+        # The names the sweep has still to go through this pass, last first.
+        self._sweep_queue: list[str] = []
         # A view that lags (or, before the cluster-state replica was checked,
         # one frozen) repeats these every round: say each now and then.
         self._say_drained = Throttle(logger, UNREACHABLE_LOG_EVERY_S)
@@ -519,7 +531,7 @@ class FleetService:
         draining = me.get("state") == "draining"
         now = time.monotonic()
         checked = set()
-        for g, r in list(self.host.replicas.items()):
+        for g, r in self._orphan_suspects(draining, now):
             if self._worth_checking(g, r, draining, now):
                 checked.add(g)
                 await self._check_membership(g, r, now)
@@ -530,6 +542,16 @@ class FleetService:
                 r = self.host.replicas.get(g)
                 if r is not None:
                     await self._check_membership(g, r, now)
+
+    def _orphan_suspects(self, draining: bool, now: float) -> list[tuple[str, Replica]]:
+        """The replicas `_worth_checking` looks at this round (ORPHAN_SCAN_EVERY_S)."""
+        replicas = self.host.replicas
+        if draining or now - self._orphan_scanned_s >= ORPHAN_SCAN_EVERY_S:
+            self._orphan_scanned_s = now
+            return list(replicas.items())
+        names = set(self.host.awake_groups())
+        names.add(CLUSTER)  # its own interval (CLUSTER_CHECK_EVERY_S), quiescent or not
+        return [(g, r) for g in sorted(names) if (r := replicas.get(g)) is not None]
 
     async def _check_membership(self, g: str, r: Replica, now: float) -> None:
         """Drop `r` if its group's leader does not list it (see _discard_orphans)."""
@@ -566,30 +588,36 @@ class FleetService:
         return False
 
     def _sweep_picks(self, now: float) -> set[str]:
-        """The next followed replicas (by group name, wrapping) due for a check."""
+        """The next followed replicas (by group name, wrapping) due for a check.
+
+        A pass goes through the names sorted at its start (a group created
+        meanwhile waits for the next pass), so a round costs what it checks,
+        not a walk over every replica.
+        """
         passed = now - self._orphan_swept_s
         if passed < ORPHAN_SWEEP_EVERY_S:
             return set()
         due = min(ORPHAN_SWEEP_MAX, int(passed / ORPHAN_SWEEP_EVERY_S))
         self._orphan_swept_s = now
         replicas = self.host.replicas
-
-        def askable_after(cursor: str) -> list[str]:
-            return heapq.nsmallest(
-                due,
-                (
-                    g
-                    for g, r in replicas.items()
-                    if g > cursor and g != CLUSTER and _askable(r, now)
-                ),
-            )
-
-        picks = askable_after(self._orphan_cursor)
-        if len(picks) < due:  # past the last name: on from the first
-            picks += [g for g in askable_after("") if g not in picks][: due - len(picks)]
-        if picks:
-            self._orphan_cursor = picks[-1]
-        return set(picks)
+        queue = self._sweep_queue
+        picks: set[str] = set()
+        refilled = False
+        for _ in range(due * ORPHAN_SWEEP_LOOK_PER_PICK):
+            if len(picks) == due:
+                break
+            if not queue:
+                if refilled:
+                    break  # fewer askable replicas than are due
+                queue.extend(sorted((g for g in replicas if g != CLUSTER), reverse=True))
+                refilled = True
+                if not queue:
+                    break
+            g = queue.pop()
+            r = replicas.get(g)
+            if r is not None and _askable(r, now):
+                picks.add(g)
+        return picks
 
     def _cached_plans(self, st: dict) -> list[Plan]:
         """Placement for the groups we lead (see plans.py: incremental)."""

@@ -705,6 +705,10 @@ class MultiRaftHost:
 
     # ------------------------------------------------------------ status
 
+    def awake_groups(self) -> list[str]:
+        """The groups ticked now (not quiescent): a handful on an idle agent."""
+        return list(self._awake)
+
     def statistics(self) -> HostStatistics:
         return HostStatistics(
             replicas=len(self.replicas),
