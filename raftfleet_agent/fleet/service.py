@@ -70,8 +70,7 @@ CLUSTER_CHECK_EVERY_S = 30.0
 # followed too, and would linger (rows, memory, a replica in every listing).
 # Followed replicas are checked one at a time in name order, one this often
 # (at most ORPHAN_SWEEP_MAX a round): 10,000 replicas in about 14 h, for one
-# call per round of an idle agent. (At one a second, two idle runs at 10,000
-# groups read ~0.5 % of a core more per agent: maybe noise, but not worth it.)
+# call per round of an idle agent.
 ORPHAN_SWEEP_EVERY_S = 5.0
 ORPHAN_SWEEP_MAX = 5
 ORPHAN_SWEEP_BUDGET_S = 2.0  # the most a round waits for those checks
