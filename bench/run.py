@@ -10,6 +10,8 @@ Scenarios (for --only): write_1group, read_1group, write_100groups, floor
 ceiling for the write targets), failover, drain, create, idle, restart.
 write_1group also measures its 64 writers through a follower's agent and
 (full runs only) on agents run --in-memory, which says what the disk costs.
+raftfleet, PySyncObj and etcd run side by side for it, their windows taken in
+turn (`interleave`), so the ratios compare the same minutes of this host.
 
 Prints ONE JSON object (the last line of stdout) and a table on stderr.
 `meta.host_speed_start` / `_end`: bench/host_loop.py on 1 group in memory
@@ -166,7 +168,11 @@ def measure(specs: list[dict], seconds: float) -> dict:
 
 
 def repeat(fn: Callable[[], dict], reps: int) -> dict:
-    runs = [fn() for _ in range(reps)]
+    return summarize([fn() for _ in range(reps)])
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Medians of `measure` results (one per window), errors summed."""
     outm: dict = {}
     for k in ("ops_per_s", "p50_s", "p99_s", "p999_s"):
         outm[k] = r(med([x[k] for x in runs]), 1 if k == "ops_per_s" else 5)
@@ -179,6 +185,38 @@ def repeat(fn: Callable[[], dict], reps: int) -> dict:
         outm["error_kinds"] = kinds
     outm["reps_ops_per_s"] = [round(x["ops_per_s"], 1) for x in runs]
     return outm
+
+
+Measures = dict[str, Callable[[], dict]]  # "write_64", ... -> one window of that load
+
+
+def interleave(systems: dict[str, Measures], reps: int) -> tuple[dict, dict[str, str]]:
+    """Every system's windows taken in turn: per repetition, each load on every system.
+
+    This host's speed drifts by a third within minutes, so a system measured
+    minutes after another is compared on a different machine. Here each
+    system's i-th window of a load comes within a few windows of the others',
+    and the order of the systems rotates by one each repetition, so no system
+    always goes first. A system whose window fails is left out from then on
+    (its error is returned); the others go on.
+    """
+    runs: dict[str, dict[str, list[dict]]] = {s: {k: [] for k in ms} for s, ms in systems.items()}
+    failed: dict[str, str] = {}
+    keys = list(dict.fromkeys(k for ms in systems.values() for k in ms))
+    names = list(systems)
+    for rep in range(reps):
+        shift = rep % max(1, len(names))
+        order = names[shift:] + names[:shift]
+        for key in keys:
+            for name in order:
+                if key not in systems[name] or name in failed:
+                    continue
+                try:
+                    runs[name][key].append(systems[name][key]())
+                except Exception as e:  # one broken peer must not hide the others
+                    failed[name] = repr(e)[:500]
+                    log(f"{name} {key} FAILED: {e!r}")
+    return runs, failed
 
 
 def framed_specs(
@@ -387,34 +425,34 @@ def writes_64(socks: list[str], cfg: dict) -> dict:
     )
 
 
-def sc_raftfleet_1group(cfg: dict) -> dict:
-    res: dict = {}
+def window(
+    socks: list[str], clients: int, op: str, arg: str, extra: dict, cfg: dict
+) -> Callable[[], dict]:
+    """One window of `clients` framed clients (agent or PySyncObj) on `socks`."""
+    return lambda: measure(framed_specs(socks, clients, op, arg, extra), cfg["window"])
+
+
+@contextlib.contextmanager
+def rf_1group(cfg: dict) -> Iterator[tuple[AgentProc, Measures]]:
+    """3 agents, one `counter` group "w"; the loads on its leader's agent (and a follower's)."""
     with fleet(3, 11, "w1") as procs:
         procs[0].call("group_create", name="w", timeout=30)
         ldr = leader_of(procs, "w")
-        socks = [ldr.sock]
-
-        def run(kind: str, op: str, arg: str, extra: dict) -> None:
-            for clients in (1, 64):
-                res[f"{kind}_{clients}"] = repeat(
-                    lambda c=clients: measure(
-                        framed_specs(socks, c, op, arg, extra), cfg["window"]
-                    ),
-                    cfg["reps"],
-                )
-                log(f"raftfleet {kind} clients={clients}: {brief(res[f'{kind}_{clients}'])}")
-
-        run("write", "command", "inc", WRITE_ARGS)
-        # The same 64 clients on a follower's agent, which forwards to the leader.
         follower = next(p for p in procs if p is not ldr)
-        res["write_64_via_follower"] = writes_64([follower.sock], cfg)
-        log(f"raftfleet write clients=64 via a follower: {brief(res['write_64_via_follower'])}")
-        if cfg.get("profile"):
-            res["profile"] = profile_window(ldr, socks, WRITE_ARGS, cfg)
-        run("read", "query", "get", {"timeout_s": 5})
-    if not cfg["quick"]:
-        res["write_64_in_memory"] = in_memory_write_64(cfg)
-    return res
+        read = {"timeout_s": 5}
+        yield (
+            ldr,
+            {
+                "write_1": window([ldr.sock], 1, "command", "inc", WRITE_ARGS, cfg),
+                "write_64": window([ldr.sock], 64, "command", "inc", WRITE_ARGS, cfg),
+                # The same 64 clients on a follower's agent, which forwards to the leader.
+                "write_64_via_follower": window(
+                    [follower.sock], 64, "command", "inc", WRITE_ARGS, cfg
+                ),
+                "read_1": window([ldr.sock], 1, "query", "get", read, cfg),
+                "read_64": window([ldr.sock], 64, "query", "get", read, cfg),
+            },
+        )
 
 
 def in_memory_write_64(cfg: dict) -> dict:
@@ -481,78 +519,69 @@ def profile_window(ldr: AgentProc, socks: list[str], cmd: dict, cfg: dict) -> di
     }
 
 
-def sc_pysyncobj(cfg: dict) -> dict:
+def pso_version() -> dict:
     try:
         import pysyncobj  # noqa: F401
     except ImportError:
         return {"skipped": "pysyncobj is not importable (.venv/bin/pip install -e '.[bench]')"}
     from importlib.metadata import version
 
-    res: dict = {"version": f"pysyncobj {version('pysyncobj')}"}
-    for batch in (True, False):
-        d = Path(tempfile.mkdtemp(dir=OUT, prefix="pso-"))
-        nodes: list[subprocess.Popen] = []
-        try:
-            leader = None
-            for attempt in range(3):  # a start that elects nobody is retried (and logged)
-                hosts = [f"127.0.0.{31 + i}" for i in range(3)]
-                addrs = [f"{h}:{free_port(h)}" for h in hosts]
-                socks = [str(d / f"a{attempt}n{i}.sock") for i in range(3)]
-                for i in range(3):
-                    spec = {
-                        "self": addrs[i],
-                        "partners": [a for a in addrs if a != addrs[i]],
-                        "journal": str(d / f"a{attempt}n{i}.journal"),
-                        "batch": batch,
-                        "sock": socks[i],
-                    }
-                    nodes.append(spawn([PY, PEER, json.dumps(spec)], d / f"a{attempt}n{i}.log"))
-                try:
-                    leader = wait_for(
-                        lambda socks=socks: pso_leader(socks),
-                        20,
-                        "a PySyncObj leader",
-                        interval=0.2,
-                    )
-                    break
-                except AssertionError:
-                    logs = " | ".join(
-                        (d / f"a{attempt}n{i}.log").read_text(errors="replace")[-300:]
-                        for i in range(3)
-                    )
-                    log(f"pysyncobj start attempt {attempt}: no leader; logs: {logs!r}")
-                    res.setdefault("start_failures", []).append(logs[-900:])
-                    for p in nodes:
-                        stop_proc(p)
-                    nodes.clear()
-            if leader is None:
-                raise RuntimeError("PySyncObj elected no leader in 3 starts")
-            ls = [str(leader)]
-            wait_for(lambda ls=ls: framed_call(ls[0], "command"), 20, "a PySyncObj command")
-            key = f"batch_{str(batch).lower()}"
-            res[key] = {}
-            for clients in (1, 64):
-                res[key][f"write_{clients}"] = repeat(
-                    lambda c=clients, ls=ls: measure(
-                        framed_specs(ls, c, "command", "inc"), cfg["window"]
-                    ),
-                    cfg["reps"],
+    return {"version": f"pysyncobj {version('pysyncobj')}"}
+
+
+@contextlib.contextmanager
+def pso_cluster(batch: bool, cfg: dict, res: dict) -> Iterator[Measures]:
+    """3 PySyncObj nodes with `appendEntriesUseBatch=batch`; its loads on the leader.
+
+    Reads are local and do not depend on batching: measured on batch=False only.
+    A start that elects nobody is retried (its logs go to res["start_failures"]).
+    """
+    d = Path(tempfile.mkdtemp(dir=OUT, prefix="pso-"))
+    nodes: list[subprocess.Popen] = []
+    try:
+        leader = None
+        for attempt in range(3):
+            hosts = [f"127.0.0.{31 + i}" for i in range(3)]
+            addrs = [f"{h}:{free_port(h)}" for h in hosts]
+            socks = [str(d / f"a{attempt}n{i}.sock") for i in range(3)]
+            for i in range(3):
+                spec = {
+                    "self": addrs[i],
+                    "partners": [a for a in addrs if a != addrs[i]],
+                    "journal": str(d / f"a{attempt}n{i}.journal"),
+                    "batch": batch,
+                    "sock": socks[i],
+                }
+                nodes.append(spawn([PY, PEER, json.dumps(spec)], d / f"a{attempt}n{i}.log"))
+            try:
+                leader = wait_for(
+                    lambda socks=socks: pso_leader(socks), 20, "a PySyncObj leader", interval=0.2
                 )
-                log(
-                    f"pysyncobj batch={batch} write {clients}: {brief(res[key][f'write_{clients}'])}"
+                break
+            except AssertionError:
+                logs = " | ".join(
+                    (d / f"a{attempt}n{i}.log").read_text(errors="replace")[-300:] for i in range(3)
                 )
-            if batch is not False:
-                continue  # reads are local and do not depend on batching: measured once
-            res[key]["read_64"] = repeat(
-                lambda ls=ls: measure(framed_specs(ls, 64, "query", "get"), cfg["window"]),
-                cfg["reps"],
-            )
-            log(f"pysyncobj batch={batch} read 64: {brief(res[key]['read_64'])}")
-        finally:
-            for p in nodes:
-                stop_proc(p)
-            shutil.rmtree(d, ignore_errors=True)
-    return res
+                log(f"pysyncobj start attempt {attempt}: no leader; logs: {logs!r}")
+                res.setdefault("start_failures", []).append(logs[-900:])
+                for p in nodes:
+                    stop_proc(p)
+                nodes.clear()
+        if leader is None:
+            raise RuntimeError("PySyncObj elected no leader in 3 starts")
+        ls = [str(leader)]
+        wait_for(lambda: framed_call(ls[0], "command"), 20, "a PySyncObj command")
+        loads = {
+            "write_1": window(ls, 1, "command", "inc", {}, cfg),
+            "write_64": window(ls, 64, "command", "inc", {}, cfg),
+        }
+        if not batch:
+            loads["read_64"] = window(ls, 64, "query", "get", {}, cfg)
+        yield loads
+    finally:
+        for p in nodes:
+            stop_proc(p)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def free_port(host: str) -> int:
@@ -575,17 +604,21 @@ def pso_leader(socks: list[str]) -> str | None:
     return None
 
 
-def sc_etcd(cfg: dict) -> dict:
+def etcd_version() -> dict:
     exe = shutil.which("etcd")
     if not exe:
         return {"skipped": "etcd not installed (apt-get install -y etcd-server etcd-client)"}
+    out = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True)
+    return {"version": out.stdout.splitlines()[0]}
+
+
+@contextlib.contextmanager
+def etcd_cluster(cfg: dict) -> Iterator[Measures]:
+    """3 etcd members; puts and linearizable ranges through the leader's HTTP/JSON gateway."""
+    exe = shutil.which("etcd")
+    assert exe
     d = Path(tempfile.mkdtemp(dir=OUT, prefix="etcd-"))
     members: list[subprocess.Popen] = []
-    res: dict = {
-        "version": subprocess.run(
-            [exe, "--version"], check=False, capture_output=True, text=True
-        ).stdout.splitlines()[0]
-    }
     try:
         hosts = [f"127.0.0.{41 + i}" for i in range(3)]
         cl = ",".join(f"e{i}=http://{h}:2380" for i, h in enumerate(hosts))
@@ -628,22 +661,65 @@ def sc_etcd(cfg: dict) -> dict:
                     return h
             return None
 
-        h = wait_for(leader, 30, "an etcd leader", interval=0.2)
-        etcd_post(h, "/v3/kv/put", {"key": "YmVuY2g=", "value": "MA=="})  # type: ignore[arg-type]
-        for clients in (1, 64):
-            res[f"write_{clients}"] = repeat(
-                lambda c=clients: measure(http_specs(h, 2379, c, "put"), cfg["window"]), cfg["reps"]
-            )
-            log(f"etcd write {clients}: {brief(res[f'write_{clients}'])}")
-        res["read_64"] = repeat(
-            lambda: measure(http_specs(h, 2379, 64, "range"), cfg["window"]), cfg["reps"]
-        )
-        log(f"etcd read 64: {brief(res['read_64'])}")
+        lead = wait_for(leader, 30, "an etcd leader", interval=0.2)
+        etcd_post(lead, "/v3/kv/put", {"key": "YmVuY2g=", "value": "MA=="})  # type: ignore[arg-type]
+        seconds = cfg["window"]
+        yield {
+            "write_1": lambda: measure(http_specs(lead, 2379, 1, "put"), seconds),
+            "write_64": lambda: measure(http_specs(lead, 2379, 64, "put"), seconds),
+            "read_64": lambda: measure(http_specs(lead, 2379, 64, "range"), seconds),
+        }
     finally:
         for p in members:
             stop_proc(p)
         shutil.rmtree(d, ignore_errors=True)
-    return res
+
+
+def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
+    """raftfleet, PySyncObj (both batch settings) and etcd up together, their windows interleaved.
+
+    Returns (raftfleet, pysyncobj, etcd) results, each load a `summarize`d
+    block. A peer that cannot start or fails a window is reported with its
+    error and the others are measured all the same.
+    """
+    rf: dict = {}
+    pso, etc = pso_version(), etcd_version()
+    with contextlib.ExitStack() as stack:
+        ldr, loads = stack.enter_context(rf_1group(cfg))
+        systems: dict[str, Measures] = {"raftfleet": loads}
+        if "skipped" not in pso:
+            for batch in (True, False):
+                name = f"batch_{str(batch).lower()}"
+                try:
+                    systems[name] = stack.enter_context(pso_cluster(batch, cfg, pso))
+                except Exception as e:
+                    pso[name] = {"error": repr(e)[:500]}
+                    log(f"pysyncobj {name} did not start: {e!r}")
+        if "skipped" not in etc:
+            try:
+                systems["etcd"] = stack.enter_context(etcd_cluster(cfg))
+            except Exception as e:
+                etc["error"] = repr(e)[:500]
+                log(f"etcd did not start: {e!r}")
+        runs, failed = interleave(systems, cfg["reps"])
+        for name, per_key in runs.items():
+            block = {k: summarize(v) for k, v in per_key.items() if v}
+            if name in failed:
+                block["error"] = failed[name]
+            for k, m in block.items():
+                if k != "error":
+                    log(f"{name} {k}: {brief(m)}")
+            if name == "raftfleet":
+                rf.update(block)
+            elif name == "etcd":
+                etc.update(block)
+            else:
+                pso[name] = block
+        if cfg.get("profile"):
+            rf["profile"] = profile_window(ldr, [ldr.sock], WRITE_ARGS, cfg)
+    if not cfg["quick"]:
+        rf["write_64_in_memory"] = in_memory_write_64(cfg)
+    return rf, pso, etc
 
 
 def etcd_post(host: str, path: str, body: dict) -> dict:
@@ -1308,7 +1384,11 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   (`bench/peer_pysyncobj.py`), so the same load generator drives it with the same
   concurrency; commands go to the leader and are answered from the commit callback.
   Tried with `appendEntriesUseBatch` True and False; the faster per concurrency is
-  reported (both are in the JSON under `pysyncobj_runs`). Its reads are local (not
+  reported (both are in the JSON under `pysyncobj_runs`). All three systems are up together
+  (the idle ones cost ~1 % of a core each) and their windows are taken in turn: in each
+  repetition every load runs once on every system, the systems' order rotating, so the
+  i-th windows of a load fall within a minute or two of each other whatever the host's
+  drift. `reps_ratio_vs_*` are those windows' ratios, one per repetition. Its reads are local (not
   linearizable). Its journal is mmap'ed and not fsynced before acknowledging.
 - **etcd** ({get(peers64, "etcd.version") or "etcd"}): 3 members on 127.0.0.41-43, v3 HTTP/JSON gateway, `POST /v3/kv/put` of one
   key (and `/v3/kv/range`, linearizable, for reads) to the leader; 64 clients = 2 processes x
@@ -1471,6 +1551,12 @@ def config(quick: bool) -> dict:
     }
 
 
+def paired_ratios(mine: dict, peer: dict) -> list[float | None]:
+    """Ours over the peer's, window by window: the i-th windows ran minutes apart at most."""
+    pairs = zip(mine.get("reps_ops_per_s", []), peer.get("reps_ops_per_s", []), strict=False)
+    return [r(a / b, 3) if b else None for a, b in pairs]
+
+
 def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
     def pick_pso(k: str) -> dict | None:
         if "skipped" in pso or "error" in pso:
@@ -1501,6 +1587,7 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
             d["ratio_vs_pysyncobj"] = (
                 r(mine["ops_per_s"] / p["ops_per_s"], 3) if p["ops_per_s"] else None
             )
+            d["reps_ratio_vs_pysyncobj"] = paired_ratios(mine, p)
         elif "skipped" in pso:
             peers["pysyncobj"] = {"skipped": pso["skipped"]}
         e = etcd.get(k) if "skipped" not in etcd else None
@@ -1509,6 +1596,7 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
             d["ratio_vs_etcd"] = (
                 r(mine["ops_per_s"] / e["ops_per_s"], 3) if e["ops_per_s"] else None
             )
+            d["reps_ratio_vs_etcd"] = paired_ratios(mine, e)
         elif "skipped" in etcd:
             peers["etcd"] = {"skipped": etcd["skipped"]}
         if peers:
@@ -1589,14 +1677,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if want("write_1group") or want("read_1group"):
-            rf = timed("raftfleet 1 group", lambda: sc_raftfleet_1group(cfg))
-            pso = timed("pysyncobj", lambda: sc_pysyncobj(cfg))
-            etc = timed("etcd", lambda: sc_etcd(cfg))
-            if "error" in rf:  # type: ignore[operator]
-                res["write_1group"] = res["read_1group"] = rf
+            out1 = timed("1 group: raftfleet, PySyncObj, etcd interleaved", lambda: sc_1group(cfg))
+            if isinstance(out1, dict):  # the scenario failed as a whole
+                res["write_1group"] = res["read_1group"] = out1
             else:
-                res["write_1group"], res["read_1group"] = assemble_1group(rf, pso, etc)  # type: ignore[arg-type]
-            res["pysyncobj_runs"] = pso
+                rf, pso, etc = out1  # type: ignore[misc]
+                if "error" in rf:
+                    res["write_1group"] = res["read_1group"] = rf
+                else:
+                    res["write_1group"], res["read_1group"] = assemble_1group(rf, pso, etc)
+                res["pysyncobj_runs"] = pso
         if want("write_100groups"):
             res["write_100groups"] = timed("write_100groups", lambda: sc_write_100groups(cfg))
         if want("floor"):
