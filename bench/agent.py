@@ -92,6 +92,12 @@ def run_clients(sock: str, group: str, clients: int, seconds: float, op: str) ->
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(f), f[3] + f[4]
+
+
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime

@@ -45,19 +45,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.agent import cpu_ticks  # noqa: E402
+from bench.agent import cpu_ticks, machine_ticks  # noqa: E402
 from bench.run import HZ, OUT, PY, framed_specs, free_port, log, measure, stop_proc  # noqa: E402
 
 NODE = str(ROOT / "bench" / "floor_node.py")
 HOSTS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]
 READY_TIMEOUT_S = 30.0
 CMD_ARGS = {"timeout_s": 5, "retries": 3}  # as sc_write_100groups; the nodes ignore them
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(all, idle + iowait) jiffies of the whole machine, from /proc/stat."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(f), f[3] + f[4]
 
 
 def start_nodes(d: Path, store: str, procs: list[subprocess.Popen]) -> list[str]:

@@ -28,8 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import run as R
-from bench.agent import cpu_ticks
-from bench.floor import machine_ticks
+from bench.agent import cpu_ticks, machine_ticks
 from tests.procs import AgentProc
 
 COUNTERS = ("turns", "store_batches", "entries_written", "messages_sent", "messages_received")
