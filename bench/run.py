@@ -689,12 +689,12 @@ def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
         systems: dict[str, Measures] = {"raftfleet": loads}
         if "skipped" not in pso:
             for batch in (True, False):
-                name = f"batch_{str(batch).lower()}"
+                key = f"batch_{str(batch).lower()}"
                 try:
-                    systems[name] = stack.enter_context(pso_cluster(batch, cfg, pso))
+                    systems[f"pysyncobj {key}"] = stack.enter_context(pso_cluster(batch, cfg, pso))
                 except Exception as e:
-                    pso[name] = {"error": repr(e)[:500]}
-                    log(f"pysyncobj {name} did not start: {e!r}")
+                    pso[key] = {"error": repr(e)[:500]}
+                    log(f"pysyncobj {key} did not start: {e!r}")
         if "skipped" not in etc:
             try:
                 systems["etcd"] = stack.enter_context(etcd_cluster(cfg))
@@ -714,7 +714,7 @@ def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
             elif name == "etcd":
                 etc.update(block)
             else:
-                pso[name] = block
+                pso[name.removeprefix("pysyncobj ")] = block
         if cfg.get("profile"):
             rf["profile"] = profile_window(ldr, [ldr.sock], WRITE_ARGS, cfg)
     if not cfg["quick"]:
