@@ -417,14 +417,6 @@ def idle_window(procs: list[AgentProc], seconds: float) -> dict:
 WRITE_ARGS = {"timeout_s": 5, "retries": 3}  # every benchmark write: `inc` with these
 
 
-def writes_64(socks: list[str], cfg: dict) -> dict:
-    """64 writers (`inc` on group "w") through `socks`, `reps` windows."""
-    return repeat(
-        lambda: measure(framed_specs(socks, 64, "command", "inc", WRITE_ARGS), cfg["window"]),
-        cfg["reps"],
-    )
-
-
 def window(
     socks: list[str], clients: int, op: str, arg: str, extra: dict, cfg: dict
 ) -> Callable[[], dict]:
@@ -455,13 +447,13 @@ def rf_1group(cfg: dict) -> Iterator[tuple[AgentProc, Measures]]:
         )
 
 
-def in_memory_write_64(cfg: dict) -> dict:
+@contextlib.contextmanager
+def rf_1group_in_memory(cfg: dict) -> Iterator[Measures]:
     """The same 64 writers on agents run --in-memory: what the disk costs (not a target)."""
     with fleet(3, 51, "w1m", in_memory=True) as procs:
         procs[0].call("group_create", name="w", timeout=30)
-        m = writes_64([leader_of(procs, "w").sock], cfg)
-    log(f"raftfleet write clients=64, agents --in-memory: {brief(m)}")
-    return m
+        ldr = leader_of(procs, "w")
+        yield {"write_64": window([ldr.sock], 64, "command", "inc", WRITE_ARGS, cfg)}
 
 
 def profile_window(ldr: AgentProc, socks: list[str], cmd: dict, cfg: dict) -> dict:
@@ -687,6 +679,12 @@ def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
     with contextlib.ExitStack() as stack:
         ldr, loads = stack.enter_context(rf_1group(cfg))
         systems: dict[str, Measures] = {"raftfleet": loads}
+        if not cfg["quick"]:
+            try:
+                systems["raftfleet --in-memory"] = stack.enter_context(rf_1group_in_memory(cfg))
+            except Exception as e:  # a figure that is not a target: never costs the others
+                rf["write_64_in_memory"] = {"error": repr(e)[:500]}
+                log(f"raftfleet --in-memory did not start: {e!r}")
         if "skipped" not in pso:
             for batch in (True, False):
                 key = f"batch_{str(batch).lower()}"
@@ -711,14 +709,17 @@ def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
                     log(f"{name} {k}: {brief(m)}")
             if name == "raftfleet":
                 rf.update(block)
+            elif name == "raftfleet --in-memory":
+                rf["write_64_in_memory"] = {
+                    **block.get("write_64", {}),
+                    **({"error": block["error"]} if "error" in block else {}),
+                }
             elif name == "etcd":
                 etc.update(block)
             else:
                 pso[name.removeprefix("pysyncobj ")] = block
         if cfg.get("profile"):
             rf["profile"] = profile_window(ldr, [ldr.sock], WRITE_ARGS, cfg)
-    if not cfg["quick"]:
-        rf["write_64_in_memory"] = in_memory_write_64(cfg)
     return rf, pso, etc
 
 
@@ -1384,7 +1385,8 @@ Last full run of `python -m bench` ({m["seconds_total"]:.0f} s wall).
   (`bench/peer_pysyncobj.py`), so the same load generator drives it with the same
   concurrency; commands go to the leader and are answered from the commit callback.
   Tried with `appendEntriesUseBatch` True and False; the faster per concurrency is
-  reported (both are in the JSON under `pysyncobj_runs`). All three systems are up together
+  reported (both are in the JSON under `pysyncobj_runs`). All three systems (and in a full run
+  the `--in-memory` agents) are up together
   (the idle ones cost ~1 % of a core each) and their windows are taken in turn: in each
   repetition every load runs once on every system, the systems' order rotating, so the
   i-th windows of a load fall within a minute or two of each other whatever the host's
@@ -1465,12 +1467,15 @@ groups, machine idle {f100.get("machine_idle_pct")} %.
 
 def _in_memory_line(res: dict) -> str:
     mem = get(res, "write_1group.clients_64_in_memory")
-    if not isinstance(mem, dict):
+    if not isinstance(mem, dict) or not mem.get("ops_per_s"):
         return ""
     return (
         f"\nThe real agents with no disk at all (`--in-memory`, same 64 writers, this run): "
         f"{mem.get('ops_per_s')} ops/s, p99 {mem.get('p99_s')} s; the durable agents do "
-        f"{mem.get('durable_share')} of it.\n"
+        f"{mem.get('durable_share')} of it. Neither they nor PySyncObj fsync (PySyncObj's "
+        f"mmap'ed journal outlives a crash of its process; an `--in-memory` agent keeps "
+        f"nothing): {mem.get('ratio_vs_pysyncobj')}x PySyncObj's rate, window by window "
+        f"{mem.get('reps_ratio_vs_pysyncobj')}. Not the target, which is durable.\n"
     )
 
 
@@ -1636,12 +1641,22 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
                 via["ops_per_s"] / write["clients_64"]["ops_per_s"], 3
             )
     mem = rf.get("write_64_in_memory")
-    if mem:
+    if mem and mem.get("ops_per_s"):
         write["clients_64_in_memory"] = dict(mem)
         if write["clients_64"].get("ops_per_s"):
             write["clients_64_in_memory"]["durable_share"] = r(
                 write["clients_64"]["ops_per_s"] / mem["ops_per_s"], 3
             )
+        p = pick_pso("write_64")
+        if p and p["ops_per_s"]:
+            # Neither fsyncs (PySyncObj's journal outlives a crash of its process,
+            # an --in-memory agent keeps nothing): context, not the target.
+            write["clients_64_in_memory"]["ratio_vs_pysyncobj"] = r(
+                mem["ops_per_s"] / p["ops_per_s"], 3
+            )
+            write["clients_64_in_memory"]["reps_ratio_vs_pysyncobj"] = paired_ratios(mem, p)
+    elif mem:
+        write["clients_64_in_memory"] = dict(mem)
     if "profile" in rf:
         write["clients_64"]["profile"] = rf["profile"]
     return write, read
