@@ -679,26 +679,26 @@ def sc_1group(cfg: dict) -> tuple[dict, dict, dict]:
     with contextlib.ExitStack() as stack:
         ldr, loads = stack.enter_context(rf_1group(cfg))
         systems: dict[str, Measures] = {"raftfleet": loads}
-        if not cfg["quick"]:
+
+        def start(name: str, cluster: contextlib.AbstractContextManager) -> str | None:
+            """Start one more system; its error if it cannot (the others go on)."""
             try:
-                systems["raftfleet --in-memory"] = stack.enter_context(rf_1group_in_memory(cfg))
-            except Exception as e:  # a figure that is not a target: never costs the others
-                rf["write_64_in_memory"] = {"error": repr(e)[:500]}
-                log(f"raftfleet --in-memory did not start: {e!r}")
+                systems[name] = stack.enter_context(cluster)
+            except Exception as e:
+                log(f"{name} did not start: {e!r}")
+                return repr(e)[:500]
+            return None
+
+        # --in-memory is a figure, not a target: it never costs the others.
+        if not cfg["quick"] and (err := start("raftfleet --in-memory", rf_1group_in_memory(cfg))):
+            rf["write_64_in_memory"] = {"error": err}
         if "skipped" not in pso:
             for batch in (True, False):
                 key = f"batch_{str(batch).lower()}"
-                try:
-                    systems[f"pysyncobj {key}"] = stack.enter_context(pso_cluster(batch, cfg, pso))
-                except Exception as e:
-                    pso[key] = {"error": repr(e)[:500]}
-                    log(f"pysyncobj {key} did not start: {e!r}")
-        if "skipped" not in etc:
-            try:
-                systems["etcd"] = stack.enter_context(etcd_cluster(cfg))
-            except Exception as e:
-                etc["error"] = repr(e)[:500]
-                log(f"etcd did not start: {e!r}")
+                if err := start(f"pysyncobj {key}", pso_cluster(batch, cfg, pso)):
+                    pso[key] = {"error": err}
+        if "skipped" not in etc and (err := start("etcd", etcd_cluster(cfg))):
+            etc["error"] = err
         runs, failed = interleave(systems, cfg["reps"])
         for name, per_key in runs.items():
             block = {k: summarize(v) for k, v in per_key.items() if v}
