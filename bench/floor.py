@@ -12,7 +12,7 @@ frame codec, msgpack, the Raft message codec with its validation
 (`host.wire`), one frame per peer per loop turn, and the real store
 (`SqliteLogStore`, or `MemoryLogStore` with --store memory) with one batch
 per loop turn. The load is `python -m bench --only write_100groups`'s
-(bench/loadgen.py via bench.run.measure: 2 processes x 4 connections x 8
+(bench/loadgen.py via bench.load.measure: 2 processes x 4 connections x 8
 deep, each connection to the node leading its groups), then write_1group's
 64 clients on a single group.
 
@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.agent import cpu_ticks, machine_ticks  # noqa: E402
-from bench.run import HZ, OUT, PY, framed_specs, free_port, log, measure, stop_proc  # noqa: E402
+from bench.common import HZ, OUT, PY, free_port, log, stop_proc  # noqa: E402
+from bench.load import framed_specs, measure  # noqa: E402
 
 NODE = str(ROOT / "bench" / "floor_node.py")
 HOSTS = ["127.0.0.21", "127.0.0.22", "127.0.0.23"]

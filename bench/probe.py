@@ -27,8 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import run as R
 from bench.agent import cpu_ticks, machine_ticks
+from bench.cluster import fleet, leader_of, leaders_by_agent, spread_specs, wait_quiescent
+from bench.common import HZ, _children, stop_all_children
+from bench.load import WRITE_ARGS, framed_specs, measure
 from tests.procs import AgentProc
 
 COUNTERS = ("turns", "store_batches", "entries_written", "messages_sent", "messages_received")
@@ -53,9 +55,9 @@ def thread_ticks(pid: int) -> tuple[int, int]:
 
 def specs_for(procs: list[AgentProc], names: list[str], clients: int) -> list[dict]:
     if len(names) == 1:
-        socks = [R.leader_of(procs, names[0]).sock]
-        return R.framed_specs(socks, clients, "command", "inc", R.WRITE_ARGS)
-    return R.spread_specs(procs, R.leaders_by_agent(procs, names))
+        socks = [leader_of(procs, names[0]).sock]
+        return framed_specs(socks, clients, "command", "inc", WRITE_ARGS)
+    return spread_specs(procs, leaders_by_agent(procs, names))
 
 
 def sample(procs: list[AgentProc]) -> dict:
@@ -64,17 +66,17 @@ def sample(procs: list[AgentProc]) -> dict:
         "machine": machine_ticks(),
         "threads": {p.name: thread_ticks(p.proc.pid) for p in procs},  # type: ignore[union-attr]
         "loop": {p.name: p.call("status")["loop"] for p in procs},  # type: ignore[index]
-        "clients": {c.pid: cpu_ticks(c.pid) for c in R._children if c.poll() is None and c.pid},
+        "clients": {c.pid: cpu_ticks(c.pid) for c in _children if c.poll() is None and c.pid},
     }
 
 
 def probe(groups: int, clients: int, seconds: float, in_memory: bool) -> dict:
-    with R.fleet(3, 31, "probe", in_memory=in_memory) as procs:
+    with fleet(3, 31, "probe", in_memory=in_memory) as procs:
         names = ["w"] if groups == 1 else [f"g{i}" for i in range(groups)]
         for g in names:
             procs[0].call("group_create", name=g, timeout=30)
         if groups > 1:
-            R.wait_quiescent(procs, 20, 1.0)
+            wait_quiescent(procs, 20, 1.0)
         specs = specs_for(procs, names, clients)
         box: dict = {}
 
@@ -86,14 +88,14 @@ def probe(groups: int, clients: int, seconds: float, in_memory: bool) -> dict:
 
         th = threading.Thread(target=sampler)
         th.start()
-        load = R.measure(specs, seconds)
+        load = measure(specs, seconds)
         th.join()
         heads = {p.name: p.call("status")["metrics"] for p in procs}  # type: ignore[index]
     a, b = box["a"], box["b"]
     dt = b["t"] - a["t"]
 
     def pct(ticks: int) -> float:
-        return round(100 * ticks / R.HZ / dt, 1)
+        return round(100 * ticks / HZ / dt, 1)
 
     agents = {}
     for name, (main1, other1) in b["threads"].items():
@@ -139,7 +141,7 @@ def main() -> int:
     try:
         out = probe(args.groups, args.clients, args.seconds, args.in_memory)
     finally:
-        R.stop_all_children()
+        stop_all_children()
     print(json.dumps(out))
     return 0
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bench.run import interleave, paired_ratios, summarize
+from bench.load import interleave, paired_ratios, summarize
 
 
 def window_result(ops: float, errors: int = 0, kinds: dict | None = None) -> dict:
