@@ -1,8 +1,5 @@
 """The report: targets and their verdicts, the table on stderr, and bench/RESULTS.md."""
 
-# The RESULTS.md template keeps its Markdown lines whole.
-# ruff: noqa: E501
-
 from __future__ import annotations
 
 import json
