@@ -86,6 +86,17 @@ class State:
         if self._client is not None:
             self._client.close()
 
+    def override(self, name: str, value: Any) -> None:
+        """A global option given again after the command: the later one wins."""
+        if name == "output":
+            self.out = Output(value, color=self.out.color)
+        elif name == "no_color":
+            self.out = Output(self.out.mode, color=False)
+        elif name == "addr":
+            self.addr_text, self._addr = value, None
+        elif name == "token_file":
+            self.token_file = value
+
     @contextmanager
     def failing(self, what: str) -> Iterator[None]:
         """Turn client and agent errors inside the block into a Failure about `what`."""
@@ -152,21 +163,26 @@ class RaftfleetGroup(click.Group):
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+ADDR_METAVAR = "unix:///PATH|tcp://HOST:PORT"
+ADDR_HELP = "The agent's control address. Default: the local agent's socket."
+TOKEN_FILE_HELP = "File holding the bearer token (needed for tcp:// addresses)."
+OUTPUT_HELP = "table for people, json for programs, plain for shell pipes."
+NO_COLOR_HELP = "No colour (also: NO_COLOR set)."
 
 
 @click.group(cls=RaftfleetGroup, context_settings=CONTEXT)
 @click.option(
     "--addr",
     envvar="RAFTFLEET_ADDR",
-    metavar="unix:///PATH|tcp://HOST:PORT",
-    help="The agent's control address. Default: the local agent's socket.",
+    metavar=ADDR_METAVAR,
+    help=ADDR_HELP,
 )
 @click.option(
     "--token-file",
     envvar="RAFTFLEET_TOKEN_FILE",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="File holding the bearer token (needed for tcp:// addresses).",
+    help=TOKEN_FILE_HELP,
 )
 @click.option(
     "-o",
@@ -175,9 +191,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
     type=click.Choice(MODES),
     default="table",
     show_default=True,
-    help="table for people, json for programs, plain for shell pipes.",
+    help=OUTPUT_HELP,
 )
-@click.option("--no-color", is_flag=True, help="No colour (also: NO_COLOR set).")
+@click.option("--no-color", is_flag=True, help=NO_COLOR_HELP)
 @click.version_option(package_name="raftfleet", prog_name=PROG)
 @click.pass_context
 def main(
@@ -185,7 +201,8 @@ def main(
 ) -> None:
     """Run many Raft groups across a fleet of raftfleet agents.
 
-    Environment: RAFTFLEET_ADDR, RAFTFLEET_TOKEN_FILE, RAFTFLEET_OUTPUT,
+    The options below may also follow the command (`raftfleet group list -o
+    json`). Environment: RAFTFLEET_ADDR, RAFTFLEET_TOKEN_FILE, RAFTFLEET_OUTPUT,
     NO_COLOR. Exit codes: 0 ok, 1 failed, 2 usage, 3 agent unreachable or
     unauthorized, 4 timed out (the operation continues), 130 interrupted.
     """
@@ -712,6 +729,46 @@ def _confirm(yes: bool, action: str, flag: str) -> None:
     if not click.confirm(f"Really {action}?", default=False, err=True):
         raise Failure(f"not confirmed: did not {action}", FAILED)
 
+
+# --------------------------------------------------------------------------
+# The global options after the command, too
+
+
+def _override(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    state = ctx.find_object(State)
+    # No State while the shell completes a word: the group's callback has not run.
+    if state is not None and value not in (None, False):
+        assert param.name is not None
+        state.override(param.name, value)
+
+
+def _global_options_again() -> list[click.Option]:
+    """Fresh copies of the global options, for after the command (etcdctl, kubectl)."""
+    again = {"expose_value": False, "callback": _override}
+    return [
+        click.Option(["--addr"], metavar=ADDR_METAVAR, help=ADDR_HELP, **again),
+        click.Option(
+            ["--token-file"],
+            type=click.Path(dir_okay=False),
+            metavar="FILE",
+            help=TOKEN_FILE_HELP,
+            **again,
+        ),
+        click.Option(["-o", "--output"], type=click.Choice(MODES), help=OUTPUT_HELP, **again),
+        click.Option(["--no-color"], is_flag=True, help=NO_COLOR_HELP, **again),
+    ]
+
+
+def _accept_global_options_after(group: click.Group) -> None:
+    """Give every command that talks to an agent the global options as its own."""
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            _accept_global_options_after(cmd)
+        elif cmd is not completion:  # prints a script: no agent, no output mode
+            cmd.params.extend(_global_options_again())
+
+
+_accept_global_options_after(main)
 
 if __name__ == "__main__":
     main()

@@ -590,3 +590,24 @@ def test_status_table_names_held_purges_and_the_command_level(fake_agent: FakeAg
     assert "a3 (no room: activate another agent); a4 (a2 still reach it: a network cut" in table
     status["cluster"] = {"id": "c1", "level": 2, "purges_held": [], "peers": {}}
     assert "purges held" not in run("--addr", fake_agent.addr, "status").stdout
+
+
+def test_global_options_also_follow_the_command(fake_agent: FakeAgent) -> None:
+    fake_agent.answers["group_list"] = {
+        "groups": [{"name": "g1", "replicas": 3, "type": "counter", "leader": "a1"}]
+    }
+    fake_agent.answers["nodes"] = NODES
+    a = fake_agent.addr
+    doc = json.loads(run("group", "list", "-o", "json", "--addr", a).stdout)
+    assert doc == {"groups": [{"name": "g1", "replicas": 3, "type": "counter", "leader": "a1"}]}
+    # The later one wins: after the command over before it, and over the environment.
+    assert run("-o", "json", "--addr", a, "group", "list", "-o", "plain").stdout == (
+        "g1\tcounter\t3\ta1\n"
+    )
+    ran = run("nodes", "--output", "plain", env={"RAFTFLEET_OUTPUT": "json", "RAFTFLEET_ADDR": a})
+    assert ran.code == 0 and ran.stdout.startswith("a1\tz1\tactive\t"), ran
+    ran = run("--addr", "unix:///nonexistent/agent.sock", "nodes", "--addr", a, "--no-color")
+    assert ran.code == 0 and "REACHABLE" in ran.stdout and "\x1b" not in ran.stdout, ran
+    ran = run("nodes", "--addr", "unix:///nonexistent/agent.sock")
+    assert ran.code == 3, ran
+    assert run("completion", "bash", "-o", "json").code == 2  # prints a script: no such option
