@@ -27,6 +27,16 @@ HZ = os.sysconf("SC_CLK_TCK")
 _children: list[subprocess.Popen] = []  # every non-agent process we start (agents: procs.py)
 
 
+def track(p: subprocess.Popen) -> subprocess.Popen:
+    """Remember `p` so that `stop_all_children` stops it whatever happens."""
+    _children.append(p)
+    return p
+
+
+def running_children() -> list[subprocess.Popen]:
+    return [p for p in _children if p.poll() is None]
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -36,8 +46,7 @@ def spawn(argv: list[str], logfile: Path | None = None, **kw: object) -> subproc
     p = subprocess.Popen(argv, stdout=out, stderr=out, **kw)  # type: ignore[call-overload]
     if logfile:
         out.close()  # type: ignore[union-attr]
-    _children.append(p)
-    return p
+    return track(p)
 
 
 def stop_proc(p: subprocess.Popen, timeout: float = 10) -> None:

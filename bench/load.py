@@ -9,12 +9,19 @@ import subprocess
 import time
 from collections.abc import Callable
 
-from bench.common import LOADGEN, PY, _children, log, med, pct, r, stop_proc
+from bench.common import LOADGEN, PY, log, med, pct, r, stop_proc, track
 from tests.procs import AgentProc
 
 WRITE_ARGS = {"timeout_s": 5, "retries": 3}  # every benchmark write: `inc` with these
 
 Measures = dict[str, Callable[[], dict]]  # "write_64", ... -> one window of that load
+
+
+def start_loadgen(spec: dict) -> subprocess.Popen:
+    """One loadgen process (bench/loadgen.py), tracked; its JSON result comes on stdout."""
+    return track(
+        subprocess.Popen([PY, LOADGEN, json.dumps(spec)], stdout=subprocess.PIPE, text=True)
+    )
 
 
 def measure(specs: list[dict], seconds: float) -> dict:
@@ -23,10 +30,7 @@ def measure(specs: list[dict], seconds: float) -> dict:
     procs = []
     for spec in specs:
         spec = {**spec, "seconds": seconds, "start_at": start_at}  # noqa: PLW2901
-        procs.append(
-            subprocess.Popen([PY, LOADGEN, json.dumps(spec)], stdout=subprocess.PIPE, text=True)
-        )
-        _children.append(procs[-1])
+        procs.append(start_loadgen(spec))
     lat: list[int] = []
     ops = errors = 0
     kinds: dict[str, int] = {}
@@ -164,9 +168,7 @@ def spawn_load(
         "start_at": time.monotonic() + 1.0,
         "max_ops": 2_000_000,
     }
-    p = subprocess.Popen([PY, LOADGEN, json.dumps(spec)], stdout=subprocess.PIPE, text=True)
-    _children.append(p)
-    return p
+    return start_loadgen(spec)
 
 
 def finish_load(p: subprocess.Popen) -> dict:

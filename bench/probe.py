@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.agent import cpu_ticks, machine_ticks
 from bench.cluster import fleet, leader_of, leaders_by_agent, spread_specs, wait_quiescent
-from bench.common import HZ, _children, stop_all_children
+from bench.common import HZ, running_children, stop_all_children
 from bench.load import WRITE_ARGS, framed_specs, measure
 from tests.procs import AgentProc
 
@@ -66,7 +66,7 @@ def sample(procs: list[AgentProc]) -> dict:
         "machine": machine_ticks(),
         "threads": {p.name: thread_ticks(p.proc.pid) for p in procs},  # type: ignore[union-attr]
         "loop": {p.name: p.call("status")["loop"] for p in procs},  # type: ignore[index]
-        "clients": {c.pid: cpu_ticks(c.pid) for c in _children if c.poll() is None and c.pid},
+        "clients": {c.pid: cpu_ticks(c.pid) for c in running_children()},
     }
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 
 from bench.cluster import create_groups, fleet, wait_quiescent
-from bench.common import LOADGEN, PY, Budget, _children, log, med, r
-from bench.load import finish_load
+from bench.common import Budget, log, med, r
+from bench.load import finish_load, start_loadgen
 from raftfleet_cli.client import ClientError, ControlError
 
 
@@ -42,10 +40,7 @@ def sc_drain(cfg: dict) -> dict:
                 "start_at": time.monotonic() + 1.0,
                 "max_ops": 200_000,
             }
-            load = subprocess.Popen(
-                [PY, LOADGEN, json.dumps(spec)], stdout=subprocess.PIPE, text=True
-            )
-            _children.append(load)
+            load = start_loadgen(spec)
             try:
                 time.sleep(2.0)
                 t0 = time.monotonic()
