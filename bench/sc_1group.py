@@ -190,24 +190,17 @@ def assemble_1group(rf: dict, pso: dict, etcd: dict) -> tuple[dict, dict]:
         d = dict(mine)
         peers: dict = {}
         k = f"{kind}_{clients}"
-        p = pick_pso(k) if "skipped" not in pso else None
-        if p:
-            peers["pysyncobj"] = p
-            d["ratio_vs_pysyncobj"] = (
-                r(mine["ops_per_s"] / p["ops_per_s"], 3) if p["ops_per_s"] else None
-            )
-            d["reps_ratio_vs_pysyncobj"] = paired_ratios(mine, p)
-        elif "skipped" in pso:
-            peers["pysyncobj"] = {"skipped": pso["skipped"]}
-        e = etcd.get(k) if "skipped" not in etcd else None
-        if e:
-            peers["etcd"] = e
-            d["ratio_vs_etcd"] = (
-                r(mine["ops_per_s"] / e["ops_per_s"], 3) if e["ops_per_s"] else None
-            )
-            d["reps_ratio_vs_etcd"] = paired_ratios(mine, e)
-        elif "skipped" in etcd:
-            peers["etcd"] = {"skipped": etcd["skipped"]}
+        for name, found, pick in (("pysyncobj", pso, pick_pso), ("etcd", etcd, etcd.get)):
+            if "skipped" in found:
+                peers[name] = {"skipped": found["skipped"]}
+                continue
+            p = pick(k)
+            if p:
+                peers[name] = p
+                d[f"ratio_vs_{name}"] = (
+                    r(mine["ops_per_s"] / p["ops_per_s"], 3) if p["ops_per_s"] else None
+                )
+                d[f"reps_ratio_vs_{name}"] = paired_ratios(mine, p)
         if peers:
             d["peers"] = peers
         return d
