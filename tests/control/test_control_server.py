@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import socket
 import stat
 import struct
@@ -715,6 +716,56 @@ async def test_fast_path_late_answers_leave_together_and_in_settle_order(
     frames = [await peer.recv() for _ in range(5)]
     assert [f["id"] for f in frames] == [4, 2, 5, 1, 3]  # type: ignore[index]
     assert frames[-1]["error"]["code"] == "timeout"  # type: ignore[index]
+
+
+def _readable(peer: Peer) -> bool:
+    """Whether bytes wait on the client's socket now (no checkpoint, so no task ran)."""
+    ready, _, _ = select.select([peer.stream.socket.fileno()], [], [], 0)
+    return bool(ready)
+
+
+async def test_fast_path_reply_to_a_waiting_client_is_written_at_once(
+    start_unix: StartUnix,
+) -> None:
+    handler = FastHandler()
+    _, path = await start_unix(handler)
+    peer = await connect(path)
+    for i, size in enumerate((10, 4_000_000), start=1):
+        await peer.request(i, "command", group=f"later-{i}", arg=1)
+        await _until(lambda: f"later-{i}" in handler.held)  # noqa: B023 - awaited here
+        assert not _readable(peer)
+        handler.held[f"later-{i}"].ok(b"x" * size)  # type: ignore[attr-defined]
+        # Written by the call itself: no task had a chance to run. The big one
+        # does not fit the socket's buffer, and its flush task writes the rest.
+        assert _readable(peer)
+        assert await peer.recv() == {"id": i, "ok": True, "result": b"x" * size}
+
+
+async def test_fast_path_replies_to_a_pipelining_client_wait_for_one_write(
+    start_unix: StartUnix,
+) -> None:
+    handler = FastHandler()
+    _, path = await start_unix(handler)
+    peer = await connect(path)
+    await peer.stream.send_all(
+        b"".join(
+            encode_frame({"id": i, "op": "command", "args": {"group": f"later-{i}", "arg": 1}})
+            for i in (1, 2)
+        )
+    )
+    await _until(lambda: len(handler.held) == 2)
+    handler.held["later-1"].ok(1)  # type: ignore[attr-defined]
+    assert not _readable(peer)  # queued for the flush task, which takes the next one too
+    handler.held["later-2"].ok(2)  # type: ignore[attr-defined]
+    assert [await peer.recv() for _ in range(2)] == [
+        {"id": 1, "ok": True, "result": 1},
+        {"id": 2, "ok": True, "result": 2},
+    ]
+    await peer.request(3, "command", group="later-3", arg=1)
+    await _until(lambda: "later-3" in handler.held)
+    handler.held["later-3"].ok(3)  # type: ignore[attr-defined]
+    assert not _readable(peer)  # once pipelining, always batched
+    assert await peer.recv() == {"id": 3, "ok": True, "result": 3}
 
 
 async def test_fast_path_bug_is_internal(
