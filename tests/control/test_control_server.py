@@ -11,7 +11,7 @@ import stat
 import struct
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import msgpack
 import pytest
@@ -681,6 +681,16 @@ class FastHandler(FakeHandler):
         return await super()._handle(op, args, events)
 
 
+async def _hold_pipelined(peer: Peer, handler: FastHandler, ids: Iterable[int]) -> None:
+    """Requests on groups "later-<id>" in one write; back once the handler holds them all."""
+    frames = [
+        encode_frame({"id": i, "op": "command", "args": {"group": f"later-{i}", "arg": 1}})
+        for i in ids
+    ]
+    await peer.stream.send_all(b"".join(frames))
+    await _until(lambda: len(handler.held) >= len(frames))
+
+
 async def test_fast_path_answers_without_a_task(start_unix: StartUnix) -> None:
     handler = FastHandler()
     server, path = await start_unix(handler)
@@ -703,13 +713,7 @@ async def test_fast_path_late_answers_leave_together_and_in_settle_order(
     handler = FastHandler()
     _, path = await start_unix(handler)
     peer = await connect(path)
-    await peer.stream.send_all(
-        b"".join(
-            encode_frame({"id": i, "op": "command", "args": {"group": f"later-{i}", "arg": 1}})
-            for i in range(1, 6)
-        )
-    )
-    await _until(lambda: len(handler.held) >= 5)
+    await _hold_pipelined(peer, handler, range(1, 6))
     for i in (4, 2, 5, 1):
         handler.held[f"later-{i}"].ok(i)  # type: ignore[attr-defined]
     handler.held["later-3"].fail(ControlError("timeout", "gave up"))  # type: ignore[attr-defined]
@@ -747,13 +751,7 @@ async def test_fast_path_replies_to_a_pipelining_client_wait_for_one_write(
     handler = FastHandler()
     _, path = await start_unix(handler)
     peer = await connect(path)
-    await peer.stream.send_all(
-        b"".join(
-            encode_frame({"id": i, "op": "command", "args": {"group": f"later-{i}", "arg": 1}})
-            for i in (1, 2)
-        )
-    )
-    await _until(lambda: len(handler.held) == 2)
+    await _hold_pipelined(peer, handler, (1, 2))
     handler.held["later-1"].ok(1)  # type: ignore[attr-defined]
     assert not _readable(peer)  # queued for the flush task, which takes the next one too
     handler.held["later-2"].ok(2)  # type: ignore[attr-defined]
