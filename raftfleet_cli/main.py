@@ -163,26 +163,21 @@ class RaftfleetGroup(click.Group):
 
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-ADDR_METAVAR = "unix:///PATH|tcp://HOST:PORT"
-ADDR_HELP = "The agent's control address. Default: the local agent's socket."
-TOKEN_FILE_HELP = "File holding the bearer token (needed for tcp:// addresses)."
-OUTPUT_HELP = "table for people, json for programs, plain for shell pipes."
-NO_COLOR_HELP = "No colour (also: NO_COLOR set)."
 
 
 @click.group(cls=RaftfleetGroup, context_settings=CONTEXT)
 @click.option(
     "--addr",
     envvar="RAFTFLEET_ADDR",
-    metavar=ADDR_METAVAR,
-    help=ADDR_HELP,
+    metavar="unix:///PATH|tcp://HOST:PORT",
+    help="The agent's control address. Default: the local agent's socket.",
 )
 @click.option(
     "--token-file",
     envvar="RAFTFLEET_TOKEN_FILE",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help=TOKEN_FILE_HELP,
+    help="File holding the bearer token (needed for tcp:// addresses).",
 )
 @click.option(
     "-o",
@@ -191,9 +186,9 @@ NO_COLOR_HELP = "No colour (also: NO_COLOR set)."
     type=click.Choice(MODES),
     default="table",
     show_default=True,
-    help=OUTPUT_HELP,
+    help="table for people, json for programs, plain for shell pipes.",
 )
-@click.option("--no-color", is_flag=True, help=NO_COLOR_HELP)
+@click.option("--no-color", is_flag=True, help="No colour (also: NO_COLOR set).")
 @click.version_option(package_name="raftfleet", prog_name=PROG)
 @click.pass_context
 def main(
@@ -743,19 +738,23 @@ def _override(ctx: click.Context, param: click.Parameter, value: Any) -> None:
 
 
 def _global_options_again() -> list[click.Option]:
-    """Fresh copies of the global options, for after the command (etcdctl, kubectl)."""
-    again = {"expose_value": False, "callback": _override}
+    """Copies of the group's own options, for after the command (etcdctl, kubectl).
+
+    No environment variable and no default here: the group's option reads
+    those, and the copy only overrides it when it is given.
+    """
     return [
-        click.Option(["--addr"], metavar=ADDR_METAVAR, help=ADDR_HELP, **again),
         click.Option(
-            ["--token-file"],
-            type=click.Path(dir_okay=False),
-            metavar="FILE",
-            help=TOKEN_FILE_HELP,
-            **again,
-        ),
-        click.Option(["-o", "--output"], type=click.Choice(MODES), help=OUTPUT_HELP, **again),
-        click.Option(["--no-color"], is_flag=True, help=NO_COLOR_HELP, **again),
+            p.opts,
+            type=p.type,
+            is_flag=p.is_flag,
+            metavar=p.metavar,
+            help=p.help,
+            expose_value=False,
+            callback=_override,
+        )
+        for p in main.params
+        if isinstance(p, click.Option) and p.expose_value  # not --version
     ]
 
 
