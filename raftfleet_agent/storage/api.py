@@ -11,8 +11,9 @@ Semantics of one `GroupWrite`, applied in this order:
    unless it is set explicitly (a re-created group in the same batch).
 2. `meta`: replace the group's metadata (opaque bytes chosen by the host).
 3. `snapshot`: store it as the group's latest snapshot (replacing an older
-   one) and delete every entry with index <= snapshot.meta.index, in the
-   same transaction.
+   one; its index is never below the stored one's, as Raft only compacts
+   forward). Every entry with index <= snapshot.meta.index stops being part
+   of the log in the same transaction; a store may free their space later.
 4. `entries`: delete every stored entry with index >= entries[0].index, then
    store these (contiguous, ascending). Truncation only happens here, so a
    follower that overwrites a conflicting suffix does it atomically.

@@ -16,6 +16,18 @@ raise it, and the writer stops. The agent is expected to crash and recover.
 
 Reads (`load`, `entries`, `last_index_term`) go through a second connection:
 WAL lets them run beside the writer and they only ever see committed rows.
+
+A snapshot makes every entry at or below its index dead. The rows are not
+deleted in the snapshot's own commit: a group that snapshots every 10,000
+entries would then delete 10,000 rows in one commit, which stalled that
+commit by 4-9 ms, on every replica at once since they snapshot at the same
+index (the 64-client p999). Instead the writer deletes up to `_TRIM_ROWS`
+dead rows per commit, plus as many as the commit inserted, so it keeps up
+with any write rate. Reads never see a dead row: `load`, `entries` and
+`last_index_term` all stop at the group's snapshot, which is what the
+`LogStore` contract promises. The SQL of a trim is bounded by the group's
+*current* snapshot row, so a trim can never reach a live entry, not even
+one of a group deleted and created again meanwhile.
 """
 
 from __future__ import annotations
@@ -53,6 +65,15 @@ from raftfleet_agent.storage.api import (
 log = logging.getLogger(__name__)
 
 _Queued = tuple[list[EncodedWrite], int, DurableCallback]  # rows, entry count, callback
+
+_TRIM_ROWS = 1_000  # dead rows deleted per commit, besides as many as it inserted
+# The oldest dead rows of one group, never past its current snapshot; the
+# caller reads `rowcount` to learn whether any are left.
+_TRIM_SQL = """
+DELETE FROM entries WHERE grp = :g
+    AND idx <= (SELECT idx FROM snapshot WHERE grp = :g)
+    AND idx < (SELECT idx FROM entries WHERE grp = :g ORDER BY idx LIMIT 1) + :n
+"""
 
 _LAST_ENTRY_SQL = """
 WITH RECURSIVE g(grp) AS (
@@ -123,6 +144,7 @@ class SqliteLogStore:
         self._cond = threading.Condition()
         # Guarded by _cond:
         self._queue: list[_Queued] = []
+        self._dead_found: list[str] = []  # groups whose dead rows `load` saw
         self._fatal: StoreFatalError | None = None
         self._closing = False
         self._closed = False  # set once the connections are closed
@@ -131,6 +153,8 @@ class SqliteLogStore:
         self._entries = 0
         self._last_commit_s = 0.0
         self._recent_commit_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        # Only the writer thread touches this: groups that may hold dead rows.
+        self._trims: dict[str, None] = {}
         self._thread = threading.Thread(
             target=self._run, name="raftfleet-store-writer", daemon=True
         )
@@ -197,6 +221,8 @@ class SqliteLogStore:
                 if not self._queue:
                     return  # closing, and everything queued is committed
                 taken, self._queue = self._queue, []
+                self._trims.update(dict.fromkeys(self._dead_found))
+                self._dead_found.clear()
             start = time.perf_counter()
             try:
                 self._commit([w for rows, _n, _cb in taken for w in rows])
@@ -218,6 +244,9 @@ class SqliteLogStore:
         try:
             for run in _unique_group_runs(writes):
                 _apply_run(c, run)
+            self._trims.update((w.group, None) for w in writes if w.snapshot is not None)
+            if self._trims:
+                self._trim(c, _TRIM_ROWS + sum(len(w.entries) for w in writes))
             self._commit_hook()
             c.execute("COMMIT")
         except BaseException:
@@ -227,6 +256,16 @@ class SqliteLogStore:
                 except sqlite3.Error:
                     pass  # already failing fatally; the first error is the one to report
             raise
+
+    def _trim(self, c: sqlite3.Connection, budget: int) -> None:
+        """Delete up to `budget` dead rows, oldest groups first."""
+        for g in list(self._trims):
+            deleted = c.execute(_TRIM_SQL, {"g": g, "n": budget}).rowcount
+            if deleted < budget:  # none left below its snapshot
+                del self._trims[g]
+            budget -= deleted
+            if budget <= 0:
+                return
 
     def _commit_hook(self) -> None:
         """Called in each transaction just before COMMIT; tests override it to inject failures."""
@@ -288,14 +327,18 @@ class SqliteLogStore:
         }
         metas: dict[str, bytes] = dict(self._read("SELECT grp, meta FROM meta"))
         logs: dict[str, tuple[Entry, ...]] = {}
+        dead: list[str] = []
         cursor = self._read("SELECT grp, idx, term, kind, data FROM entries ORDER BY grp, idx")
         cursor.arraysize = 4096
         for g, group_rows in itertools.groupby(cursor, key=operator.itemgetter(0)):
             rows = list(group_rows)
             snap = snaps.get(g)
-            if snap is not None:  # entries at or below the snapshot are not part of the log
+            if snap is not None and rows[0][1] <= snap.meta.index:
+                dead.append(g)  # not yet trimmed (see the module doc): not part of the log
                 rows = [r for r in rows if r[1] > snap.meta.index]
             logs[g] = decode_entry_rows(rows)
+        with self._cond:
+            self._dead_found.extend(dead)  # trimmed from the next commit on
         groups = sorted(hard.keys() | snaps.keys() | metas.keys() | logs.keys())
         return [
             GroupRecord(
@@ -313,8 +356,8 @@ class SqliteLogStore:
         with self._rlock:
             rows = self._read(
                 "SELECT grp, idx, term, kind, data FROM entries WHERE grp=? AND idx>=? AND idx<?"
-                " ORDER BY idx",
-                (group, lo, hi),
+                " AND idx > coalesce((SELECT idx FROM snapshot WHERE grp=?), 0) ORDER BY idx",
+                (group, lo, hi, group),
             ).fetchall()
         try:
             return decode_entry_rows(rows)
@@ -384,7 +427,7 @@ def _apply_run(c: sqlite3.Connection, run: list[EncodedWrite]) -> None:
             "INSERT OR REPLACE INTO snapshot (grp, idx, term, config, data) VALUES (?, ?, ?, ?, ?)",
             snaps,
         )
-        c.executemany("DELETE FROM entries WHERE grp=? AND idx<=?", [(s[0], s[1]) for s in snaps])
+        # The entries it covers are now dead; SqliteLogStore._trim deletes them.
     appends = [w.entries for w in run if w.entries]
     if appends:
         # Truncate the suffix each write replaces (a no-op seek when appending).
