@@ -1389,21 +1389,25 @@ class RaftMember:
 
     # ------------------------------------------------------------ snapshots
 
-    def compact(self, index: int, data: bytes) -> None:
-        """The host took a snapshot of the state machine at `index` (<= applied)."""
+    def compact(self, index: int, data: bytes) -> list[Entry]:
+        """The host took a snapshot of the state machine at `index` (<= applied).
+
+        Returns the entries compacted away, for the host to free when it suits it.
+        """
         if index <= self.log.offset:
-            return
+            return []
         if index > self.applied:
             raise ValueError(f"cannot compact to {index}: only {self.applied} applied")
         term = self.log.term_at(index)
         assert term is not None
         snap = Snapshot(SnapshotMeta(index, term, self.config_at(index)), data)
         self.snapshot = snap
-        self.log.compact(index, term)
+        dropped = self.log.compact(index, term)
         while len(self._configs) > 1 and self._configs[1][0] <= index:
             self._configs.pop(0)
         self._configs[0] = (index, snap.meta.config)
         self._pending_compacted = snap
+        return dropped
 
     # ------------------------------------------------------------ Ready
 

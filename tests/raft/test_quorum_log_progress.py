@@ -136,13 +136,14 @@ def test_mark_persisted_excludes_entries_truncated_while_being_written() -> None
     assert log.persisted == 4
 
 
-def test_compact_keeps_the_suffix() -> None:
+def test_compact_keeps_the_suffix_and_hands_back_the_prefix() -> None:
     log = RaftLog(0, 0, ents(1, 1, 2, 2))
-    log.compact(2, 1)
+    first = log.entries[:2]
+    assert log.compact(2, 1) == first  # the host frees them when it suits it
     assert (log.offset, log.offset_term, shape(log)) == (2, 1, [(3, 2), (4, 2)])
-    log.compact(1, 1)  # older than what we have: ignored
+    assert log.compact(1, 1) == []  # older than what we have: ignored
     assert log.offset == 2
-    log.compact(4, 2)
+    assert [e.index for e in log.compact(4, 2)] == [3, 4]
     assert (log.offset, log.last_index, log.last_term, log.entries) == (4, 4, 2, [])
 
 
