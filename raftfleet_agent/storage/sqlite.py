@@ -67,12 +67,15 @@ log = logging.getLogger(__name__)
 _Queued = tuple[list[EncodedWrite], int, DurableCallback]  # rows, entry count, callback
 
 _TRIM_ROWS = 1_000  # dead rows deleted per commit, besides as many as it inserted
-# The oldest dead rows of one group, never past its current snapshot; the
-# caller reads `rowcount` to learn whether any are left.
+# The oldest `:n` dead rows of one group, never past its current snapshot
+# (none if it has none); the caller reads `rowcount` to learn whether any are
+# left. One upper bound, not two: SQLite seeks on one and filters on the
+# other, which scanned every dead row of the group at each step.
 _TRIM_SQL = """
-DELETE FROM entries WHERE grp = :g
-    AND idx <= (SELECT idx FROM snapshot WHERE grp = :g)
-    AND idx < (SELECT idx FROM entries WHERE grp = :g ORDER BY idx LIMIT 1) + :n
+DELETE FROM entries WHERE grp = :g AND idx <= min(
+    (SELECT idx FROM snapshot WHERE grp = :g),
+    (SELECT idx FROM entries WHERE grp = :g ORDER BY idx LIMIT 1) + :n - 1
+)
 """
 
 _LAST_ENTRY_SQL = """
