@@ -54,7 +54,8 @@ from raftfleet_agent.raft.membership import ConfOp
 from raftfleet_agent.raft.messages import Message
 from raftfleet_agent.raft.quorum import quorum_size
 from raftfleet_agent.raft.ready import Ready
-from raftfleet_agent.raft.types import Config, Entry, ReplicaId
+from raftfleet_agent.raft.types import Config, ReplicaId
+from raftfleet_agent.slow_free import SlowFree
 from raftfleet_agent.statemachine import Applier, ApplyResult, SnapshotError, encode_command
 from raftfleet_agent.storage.api import GroupWrite, LogStore, WriteBatch
 
@@ -68,10 +69,9 @@ _ONE_AT_A_TIME = 2.0
 _DEADLINE_SWEEP_EVERY = 4096
 
 # Entries a snapshot compacted away are freed this many per turn (or an
-# eighth of those waiting, if more). Freeing a snapshot's 10,000 at once
-# took 1.5-4 ms of one turn (their memory is cold by then), and every
-# replica of a group compacts at the same index: the clients of a busy
-# group all stalled together, which was most of the 64-client p999.
+# eighth of those waiting, if more; see slow_free): freed all at once, they
+# stalled every replica of a busy group together, which was most of the
+# 64-client p999.
 _FREE_PER_TURN = 1_000
 
 
@@ -153,8 +153,7 @@ class MultiRaftHost:
         self._deadlines: list[tuple[float, int, Waiter]] = []
         self._deadline_seq = itertools.count()
         self._started_since_sweep = 0
-        self._compacted: list[list[Entry]] = []  # waiting to be freed; see _FREE_PER_TURN
-        self._compacted_count = 0
+        self._compacted = SlowFree(_FREE_PER_TURN)
 
     # ------------------------------------------------------------ start
 
@@ -247,22 +246,10 @@ class MultiRaftHost:
             self._finish(turn)
         self._gather()
         self._flush_out()
-        if self._compacted:
-            self._free_compacted()
-            if self._compacted:
+        if self._compacted.waiting:
+            self._compacted.step()
+            if self._compacted.waiting:
                 self.wake()  # another turn soon, even if nothing else happens
-
-    def _free_compacted(self) -> None:
-        budget = max(_FREE_PER_TURN, self._compacted_count // 8)
-        self._compacted_count = max(0, self._compacted_count - budget)
-        while budget > 0 and self._compacted:
-            oldest = self._compacted[0]
-            if len(oldest) <= budget:
-                budget -= len(oldest)
-                del self._compacted[0]
-            else:
-                del oldest[-budget:]
-                return
 
     def _tick_awake(self) -> None:
         for g in list(self._awake):
@@ -425,10 +412,7 @@ class MultiRaftHost:
             self._drop(r, "this replica was removed from the group")
             return
         if r.applier.applied_index - r.member.log.offset >= self.snapshot_every:
-            dropped = r.member.compact(r.applier.applied_index, r.applier.snapshot())
-            if dropped:
-                self._compacted.append(dropped)
-                self._compacted_count += len(dropped)
+            self._compacted.put(r.member.compact(r.applier.applied_index, r.applier.snapshot()))
         if r.member.leader != r.known_leader:
             # Compared with what we last reported, not with the state before this
             # Ready: ticks and steps change the leader between Readys.

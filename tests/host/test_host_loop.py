@@ -399,14 +399,15 @@ async def test_entries_a_snapshot_compacts_are_freed_a_slice_per_turn(
     freed: list[tuple[int, int]] = []  # (waiting before, freed) per call, every host
 
     def watch(host: MultiRaftHost) -> None:
-        free = host._free_compacted
+        waiting = host._compacted
+        step = waiting.step
 
-        def counted() -> None:
-            before = sum(map(len, host._compacted))
-            free()
-            freed.append((before, before - sum(map(len, host._compacted))))
+        def counted(extra: int = 0) -> None:
+            before = waiting.waiting
+            step(extra)
+            freed.append((before, before - waiting.waiting))
 
-        host._free_compacted = counted  # type: ignore[method-assign]
+        waiting.step = counted  # type: ignore[method-assign]
 
     for h in fabric.hosts.values():
         watch(h)
@@ -421,7 +422,7 @@ async def test_entries_a_snapshot_compacts_are_freed_a_slice_per_turn(
     # Each replica compacted, and once the group has gone quiet (no more
     # ticks or messages) nothing is left waiting: the loop turned until done.
     await _until(lambda: _all_quiet(fabric))
-    assert not any(h._compacted for h in fabric.hosts.values())
+    assert not any(h._compacted.waiting for h in fabric.hosts.values())
     assert sum(n for _before, n in freed) >= 3 * 1_000
     assert all(0 < n <= max(10, before // 8) for before, n in freed)
     assert max(before for before, _n in freed) >= 900  # a whole snapshot, freed in slices
