@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import attrs
 
 from raftfleet_agent.raft.types import Entry, HardState, Snapshot
+from raftfleet_agent.slow_free import SlowFree
 from raftfleet_agent.storage._rows import EncodedWrite, decode_entry_rows, encode_write
 from raftfleet_agent.storage.api import (
     DurableCallback,
@@ -31,6 +32,8 @@ from raftfleet_agent.storage.api import (
 )
 
 log = logging.getLogger(__name__)
+
+_FREE_PER_SUBMIT = 1_000  # compacted entries let go per submit, besides as many as it adds
 
 
 @attrs.define(slots=True)
@@ -44,9 +47,12 @@ class _Group:
         """Drop every entry with index >= `index`."""
         del self.entries[bisect.bisect_left(self.entries, index, key=_index) :]
 
-    def compact_to(self, index: int) -> None:
-        """Drop every entry with index <= `index`."""
-        del self.entries[: bisect.bisect_right(self.entries, index, key=_index)]
+    def compact_to(self, index: int) -> list[Entry]:
+        """Drop every entry with index <= `index`; returns them."""
+        cut = bisect.bisect_right(self.entries, index, key=_index)
+        dropped = self.entries[:cut]
+        del self.entries[:cut]
+        return dropped
 
     def is_empty(self) -> bool:
         return (
@@ -70,6 +76,9 @@ class MemoryLogStore:
         self._batches = 0
         self._entries = 0
         self._closed = False
+        # Entries a snapshot compacted away, freed a slice per submit as in
+        # the SQLite store's trims: submit runs on the agent's loop thread.
+        self._compacted = SlowFree(_FREE_PER_SUBMIT)
 
     def submit(self, batch: WriteBatch, on_durable: DurableCallback) -> None:
         """Apply `batch` and call `on_durable(None)` before returning.
@@ -83,6 +92,8 @@ class MemoryLogStore:
                 raise StoreError("in-memory log store: closed")
             for w, enc in encoded:
                 self._apply(w, enc)
+            if self._compacted.waiting:
+                self._compacted.step(batch.entry_count)
             self._batches += 1
             self._entries += batch.entry_count
         try:
@@ -98,7 +109,7 @@ class MemoryLogStore:
             g.meta = w.meta
         if w.snapshot is not None:
             g.snapshot = w.snapshot
-            g.compact_to(w.snapshot.meta.index)
+            self._compacted.put(g.compact_to(w.snapshot.meta.index))
         if w.entries:
             g.truncate_from(w.entries[0].index)
             # Round-trip through msgpack: the caller gets back what SQLite would give.

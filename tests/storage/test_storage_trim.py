@@ -1,7 +1,9 @@
-"""SqliteLogStore frees a snapshot's dead rows a few per commit, never a live one.
+"""The stores free what a snapshot made dead a little at a time, never a live entry.
 
-The rows are counted with a separate connection on the database file: the
-store's own reads hide dead rows by design, so only the table shows them.
+SqliteLogStore deletes dead rows a budget per commit. They are counted with
+a separate connection on the database file: the store's own reads hide dead
+rows by design, so only the table shows them. MemoryLogStore lets go of the
+entries a slice per submit.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from raftfleet_agent.raft.types import Config, Entry, HardState, ReplicaId, Snapshot, SnapshotMeta
-from raftfleet_agent.storage import GroupWrite, SqliteLogStore, WriteBatch
+from raftfleet_agent.storage import GroupWrite, MemoryLogStore, SqliteLogStore, WriteBatch
+from raftfleet_agent.storage import memory as memory_store
 from raftfleet_agent.storage import sqlite as sqlite_store
 
 A1 = ReplicaId("a", 1)
@@ -47,7 +50,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SqliteLog
         s.close()
 
 
-def write(store: SqliteLogStore, *writes: GroupWrite) -> None:
+def write(store: SqliteLogStore | MemoryLogStore, *writes: GroupWrite) -> None:
     store.write(WriteBatch(tuple(writes)))
 
 
@@ -116,3 +119,20 @@ def test_trims_take_groups_in_turn_within_one_budget(store: SqliteLogStore, tmp_
     for _ in range(10):
         write(store, GroupWrite(group="other", hard_state=HardState(1, A1, 0)))
     assert [rows(tmp_path, g) for g in "abc"] == [list(range(91, 101))] * 3
+
+
+def test_the_memory_store_lets_go_of_compacted_entries_a_slice_per_submit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory_store, "_FREE_PER_SUBMIT", TRIM)
+    store = MemoryLogStore()
+    write(store, GroupWrite(group="g", entries=ents(1, 300)))
+    write(store, GroupWrite(group="g", snapshot=snap(200)))
+    assert store._compacted.waiting == 200 - TRIM  # the snapshot's submit freed one slice
+    assert store.load()[0].entries == ents(201, 300)
+    write(store, GroupWrite(group="g", entries=ents(301, 310)))
+    assert store._compacted.waiting == 200 - 2 * TRIM - 10  # a slice, plus the entries added
+    for _ in range(3):
+        write(store, GroupWrite(group="other", hard_state=HardState(1, A1, 0)))
+    assert store._compacted.waiting == 0
+    assert tuple(store.entries("g", 1, 1000)) == ents(201, 310)
