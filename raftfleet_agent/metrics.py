@@ -374,6 +374,14 @@ class HostMetrics:
             "raftfleet_leader_changes_total",
             "Times a replica hosted here saw its group's leader change to another known one.",
         )
+        self.snapshots_taken = r.counter(
+            "raftfleet_snapshots_taken_total",
+            "Snapshots of a replica's state machine taken here (each compacts that replica's log).",
+        )
+        self.snapshots_installed = r.counter(
+            "raftfleet_snapshots_installed_total",
+            "Snapshots sent by a group's leader and installed here (a replica too far behind).",
+        )
         self._leaders: dict[str, object] = {}  # group -> last leader seen (not None)
         self._rates: deque[tuple[float, int]] = deque([(time.monotonic(), 0)])
 
@@ -548,6 +556,8 @@ def headline(host: Any) -> dict[str, float | None]:
         "messages_per_s": round(hm.rate(st.messages_sent + st.messages_received), 1),
         "elections_won": int(hm.elections_won.value),
         "leader_changes": int(hm.leader_changes.value),
+        "snapshots_taken": int(hm.snapshots_taken.value),
+        "snapshots_installed": int(hm.snapshots_installed.value),
     }
 
 

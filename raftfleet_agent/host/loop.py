@@ -400,6 +400,7 @@ class MultiRaftHost:
                 self._drop(r, f"unusable snapshot: {e}")
                 return
             r.applier = applier
+            self.metrics.snapshots_installed.inc()
             for e in rd.committed:  # after the snapshot they follow (else applied in _gather)
                 r.apply(e)
         for rs in rd.reads:
@@ -413,6 +414,7 @@ class MultiRaftHost:
             return
         if r.applier.applied_index - r.member.log.offset >= self.snapshot_every:
             self._compacted.put(r.member.compact(r.applier.applied_index, r.applier.snapshot()))
+            self.metrics.snapshots_taken.inc()
         if r.member.leader != r.known_leader:
             # Compared with what we last reported, not with the state before this
             # Ready: ticks and steps change the leader between Readys.

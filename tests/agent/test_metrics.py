@@ -335,6 +335,8 @@ FAMILIES = {
     "raftfleet_groups": "gauge",
     "raftfleet_elections_won_total": "counter",
     "raftfleet_leader_changes_total": "counter",
+    "raftfleet_snapshots_taken_total": "counter",
+    "raftfleet_snapshots_installed_total": "counter",
     "raftfleet_commit_latency_seconds": "histogram",
     "raftfleet_apply_batch_entries": "histogram",
     "raftfleet_store_commit_seconds": "histogram",

@@ -424,8 +424,28 @@ async def test_entries_a_snapshot_compacts_are_freed_a_slice_per_turn(
     await _until(lambda: _all_quiet(fabric))
     assert not any(h._compacted.waiting for h in fabric.hosts.values())
     assert sum(n for _before, n in freed) >= 3 * 1_000
+    assert [h.metrics.snapshots_taken.value for h in fabric.hosts.values()] == [1, 1, 1]
     assert all(0 < n <= max(10, before // 8) for before, n in freed)
     assert max(before for before, _n in freed) >= 900  # a whole snapshot, freed in slices
+
+
+async def test_a_replica_far_behind_installs_the_leaders_snapshot(nursery: trio.Nursery) -> None:
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    fabric = await _start(nursery, opts, snapshot_every=50)
+    await _create(fabric, "far")
+    lead = await _leader(fabric, "far")
+    behind = sorted(a for a in AGENTS if a != lead.agent)[0]
+    fabric.cut.add(behind)
+    for i in range(1, 121):  # the others snapshot twice; the entries it lacks are gone
+        assert (await lead.command("far", "inc", "c", i, timeout_s=2)).ok
+    assert lead.replicas["far"].member.log.offset >= 100
+    assert lead.metrics.snapshots_taken.value == 2
+    fabric.cut.discard(behind)
+    late = fabric.hosts[behind]
+    await _until(lambda: late.replicas["far"].applier.applied_index >= 121)
+    assert late.metrics.snapshots_installed.value == 1
+    assert lead.metrics.snapshots_installed.value == 0
+    assert (await lead.query("far", "get", timeout_s=2)).reply == 120
 
 
 async def test_start_command_expires_when_no_majority_answers(cluster: Fabric) -> None:
