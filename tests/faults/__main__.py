@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.campaign import campaign
+from tests.faults.campaign import SNAPSHOT_EVERY, campaign
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fault-seconds", type=float, default=35.0, help="nemesis time per run")
     ap.add_argument("--runs", type=int, default=None, help="at most this many runs")
     ap.add_argument("--keep-dir", type=Path, default=None, help="where failing runs are kept")
+    ap.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=SNAPSHOT_EVERY,
+        help=f"entries between a group's snapshots (default {SNAPSHOT_EVERY}; 0: the agents' own)",
+    )
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else int(time.time()) % 100_000
     keep = args.keep_dir or Path(tempfile.mkdtemp(prefix="raftfleet-faults-"))
@@ -39,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     log(f"campaign: {args.minutes} min from seed {seed}; runs under {keep}")
-    result = campaign(args.minutes, seed, keep, args.fault_seconds, log, args.runs)
+    if args.snapshot_every < 0:
+        ap.error("--snapshot-every must be 0 or more")
+    snapshot_every = args.snapshot_every or None
+    result = campaign(args.minutes, seed, keep, args.fault_seconds, log, args.runs, snapshot_every)
     if result["anomalies"]:
         log(f"ANOMALIES: failing runs kept in {result['kept']}")
     else:

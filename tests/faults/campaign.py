@@ -64,6 +64,10 @@ COUNTERS = ("fc0", "fc1")
 KV_GROUP = "fkv"
 KV_KEYS = ("k0", "k1", "k2")
 NOT_FAULTS = frozenset({"stale_read_probe", "reactivate"})  # noted, but not injected faults
+# Entries between a group's snapshots. The agents' default (10,000) is more
+# than a run writes to any group: nothing would ever compact, trim or install
+# a snapshot under faults.
+SNAPSHOT_EVERY = 250
 AGENT_ENV = {
     "RAFTFLEET_RECONCILE_INTERVAL_S": "1",
     "RAFTFLEET_PURGE_WINDOW_S": "12",
@@ -81,6 +85,7 @@ class RunConfig:
     leader_bound_s: float = 30.0
     check_timeout_s: float = 60.0
     max_ops_per_client: int = 5000
+    snapshot_every: int | None = SNAPSHOT_EVERY  # None: the agents' default
 
 
 @attrs.define
@@ -111,6 +116,8 @@ class Fleet:
         for i, zone in enumerate(zones):
             a = AgentProc(f"a{i + 1}", f"127.0.0.{cfg.first_octet + i}", base)
             a.env = dict(AGENT_ENV)
+            if cfg.snapshot_every is not None:
+                a.env["RAFTFLEET_SNAPSHOT_EVERY_ENTRIES"] = str(cfg.snapshot_every)
             host, port = proxy.add_agent(a.name, a.host, a.port)
             self.advertised[a.name] = f"{host}:{port}"
             a.extra_args = ["--advertise", self.advertised[a.name]]
@@ -635,6 +642,7 @@ def run_once(cfg: RunConfig, base: Path, log: Any = print) -> dict[str, Any]:
             w.join(CALL_TIMEOUT_S * 3 + 25)
         anomalies += _final_reads(fleet, rec, cfg)
         anomalies += _check_wiped(fleet, nemesis, cfg.leader_bound_s)
+        summary["snapshots"] = _snapshot_counts(fleet)
     except Exception as e:
         anomalies.append(Anomaly("harness_error", repr(e)))
     finally:
@@ -667,6 +675,18 @@ def run_once(cfg: RunConfig, base: Path, log: Any = print) -> dict[str, Any]:
         {"summary": summary, "faults": nemesis.events if nemesis else []},
     )
     return summary
+
+
+def _snapshot_counts(fleet: Fleet) -> dict[str, int]:
+    """Snapshots taken and installed by the agents serving now, each since its last start.
+
+    A figure for the summary (did the run exercise snapshots?), not a check.
+    """
+    try:
+        heads = [a.call("status", timeout=CALL_TIMEOUT_S)["metrics"] for a in fleet.serving()]  # type: ignore[index]
+    except Exception:
+        return {}
+    return {k: sum(h[f"snapshots_{k}"] for h in heads) for k in ("taken", "installed")}
 
 
 def _kinds(events: list[dict[str, Any]]) -> dict[str, int]:
@@ -876,6 +896,7 @@ def campaign(
     run_fault_s: float = 35.0,
     log: Any = print,
     max_runs: int | None = None,
+    snapshot_every: int | None = SNAPSHOT_EVERY,
 ) -> dict[str, Any]:
     """Runs with seeds seed, seed+1, ... until `minutes` are used up (at least one run)."""
     keep_dir.mkdir(parents=True, exist_ok=True)
@@ -888,13 +909,15 @@ def campaign(
         s = seed + len(runs)
         base = keep_dir / f"run-{s}"
         t0 = time.monotonic()
-        summary = run_once(RunConfig(seed=s, fault_s=run_fault_s), base, log)
+        cfg = RunConfig(seed=s, fault_s=run_fault_s, snapshot_every=snapshot_every)
+        summary = run_once(cfg, base, log)
         est_run_s = max(est_run_s, time.monotonic() - t0)
         runs.append(summary)
         n_anom = len(summary["anomalies"])
         log(
             f"seed {s}: {summary['operations']} ops ({summary['ok']} ok, {summary['info']} info), "
-            f"{summary['faults']} faults, {n_anom} anomalies, {summary['seconds']} s"
+            f"{summary['faults']} faults, {n_anom} anomalies, {summary['seconds']} s; "
+            f"snapshots {summary.get('snapshots')}"
         )
         for a in summary["anomalies"]:
             log(f"  ANOMALY {a['kind']} {a.get('group') or ''}: {a['detail'][:3000]}")
@@ -909,6 +932,7 @@ def campaign(
         "fail": sum(r["fail"] for r in runs),
         "faults": sum(r["faults"] for r in runs),
         "fault_kinds": _merge([r["fault_kinds"] for r in runs]),
+        "snapshots": _merge([r.get("snapshots", {}) for r in runs]),
         "anomalies": len(anomalies),
         "anomaly_details": [_brief(a) for a in anomalies],
         "seeds": [r["seed"] for r in runs],
