@@ -152,7 +152,15 @@ def status_metrics_rows(raw: object) -> list[tuple[str, object]]:
         ("commit latency", commit),
         ("store commit", _ms_pair(m, "store_commit_p50_ms", "store_commit_p99_ms")),
         ("messages/s", m.get("messages_per_s")),
+        ("snapshots", _snapshots(m)),
     ]
+
+
+def _snapshots(m: Mapping) -> str | None:
+    taken, installed = m.get("snapshots_taken"), m.get("snapshots_installed")
+    if not isinstance(taken, int) or not isinstance(installed, int):
+        return None  # an agent from before these were counted
+    return f"{taken} taken, {installed} installed from a leader"
 
 
 def _node(name: object, raw: object) -> dict[str, Any]:

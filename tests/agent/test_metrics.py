@@ -186,6 +186,8 @@ def test_status_rows_for_the_cli() -> None:
             "store_commit_p50_ms": None,
             "store_commit_p99_ms": None,
             "messages_per_s": 42.0,
+            "snapshots_taken": 3,
+            "snapshots_installed": 1,
         }
     }
     rows = dict(status_metrics_rows(raw))
@@ -193,7 +195,10 @@ def test_status_rows_for_the_cli() -> None:
         "commit latency": "1.5 / 9 ms (p50 / p99), 12 commits",
         "store commit": None,
         "messages/s": 42.0,
+        "snapshots": "3 taken, 1 installed from a leader",
     }
+    del raw["metrics"]["snapshots_taken"]  # an older agent: the row stays empty
+    assert dict(status_metrics_rows(raw))["snapshots"] is None
     assert status_metrics_rows({"name": "a1"}) == []
 
 
