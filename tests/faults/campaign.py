@@ -907,7 +907,7 @@ def campaign(
         if max_runs is not None and len(runs) >= max_runs:
             break
         s = seed + len(runs)
-        base = keep_dir / f"run-{s}"
+        base = _fresh_dir(keep_dir / f"run-{s}")
         t0 = time.monotonic()
         cfg = RunConfig(seed=s, fault_s=run_fault_s, snapshot_every=snapshot_every)
         summary = run_once(cfg, base, log)
@@ -938,6 +938,19 @@ def campaign(
         "seeds": [r["seed"] for r in runs],
         "kept": str(keep_dir) if anomalies else None,
     }
+
+
+def _fresh_dir(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`... if a campaign before this one left it behind.
+
+    A run must start from empty data directories: a stopped campaign keeps
+    its last run's, and agents started on them would recover an old cluster.
+    """
+    n, fresh = 1, path
+    while fresh.exists():
+        n += 1
+        fresh = path.with_name(f"{path.name}-{n}")
+    return fresh
 
 
 def _brief(a: dict[str, Any]) -> dict[str, Any]:

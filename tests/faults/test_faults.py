@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from tests import lincheck
-from tests.faults.campaign import Fleet, RunConfig, campaign, check_history, setup_fleet
+from tests.faults.campaign import (
+    Fleet,
+    RunConfig,
+    _fresh_dir,
+    campaign,
+    check_history,
+    setup_fleet,
+)
 from tests.faults.history import Recorder
 from tests.faults.proxy import FaultProxy
 from tests.procs import wait_for
@@ -193,7 +200,18 @@ def test_short_campaign_finds_no_anomaly(tmp_path: Path) -> None:
     assert result["runs"] >= 1
     assert result["operations"] > 500, report
     assert result["faults"] >= 10, report
+    assert result["snapshots"].get("taken", 0) > 0, report  # compaction ran under faults too
     assert result["anomalies"] == 0, f"kept in {result['kept']}:\n{report}"
+
+
+def test_a_campaign_never_starts_a_run_on_an_old_runs_directory(tmp_path: Path) -> None:
+    old = tmp_path / "run-7"
+    (old / "a1" / "data").mkdir(parents=True)  # left by a campaign that was stopped
+    fresh = _fresh_dir(tmp_path / "run-7")
+    assert fresh == tmp_path / "run-7-2" and not fresh.exists()
+    fresh.mkdir()
+    assert _fresh_dir(tmp_path / "run-7") == tmp_path / "run-7-3"
+    assert _fresh_dir(tmp_path / "run-8") == tmp_path / "run-8"
 
 
 def _paused_leader_read(
