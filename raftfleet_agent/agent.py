@@ -16,6 +16,7 @@ import os
 import random
 import secrets
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -52,6 +53,7 @@ class Agent:
         self.peers = PeerDirectory(
             None if config.in_memory else os.path.join(config.data_dir, "peers.json")
         )
+        self.epoch = self.peers.new_own_epoch(time.time_ns())  # see peers.py
         opts = RaftOptions(
             election_ticks=config.election_ticks,
             heartbeat_ticks=config.heartbeat_ticks,
@@ -296,7 +298,7 @@ class Agent:
         while True:
             try:
                 peer = await probe(host, port, me)
-                self.learn_peer(peer.name, f"{host}:{port}", peer.cluster)
+                self.learn_peer(peer.name, f"{host}:{port}", peer.cluster, first_hand=True)
                 return
             except Exception as e:
                 logger.info("join %s:%d: %s (retrying in %.1f s)", host, port, e, delay)
@@ -309,15 +311,24 @@ class Agent:
             name=self.config.name, cluster=self.transport.cluster, secret=self.config.cluster_secret
         )
         peer = await probe(host, port, me)
-        self.learn_peer(peer.name, address, peer.cluster)
+        self.learn_peer(peer.name, address, peer.cluster, first_hand=True)
         return peer.name
 
-    def learn_peer(self, name: str, addr: str, cluster: str | None = None) -> None:
+    def learn_peer(
+        self,
+        name: str,
+        addr: str,
+        cluster: str | None = None,
+        *,
+        epoch: int | None = None,
+        first_hand: bool = False,
+    ) -> None:
+        """An address for `name`; see PeerDirectory.learn for which ones are taken."""
         if name == self.config.name:
             return
         if cluster and self.identity.cluster_id is None:
             self.identity.set_cluster_id(cluster)
-        learned = self.peers.learn(name, addr)
+        learned = self.peers.learn(name, addr, epoch=epoch, first_hand=first_hand)
         if learned or not self.transport.is_connected(name):
             self.transport.set_peer_address(name, *split_addr(addr))
         if learned and self.ops is not None:

@@ -707,12 +707,16 @@ class AgentOps:
         rpc = self.agent.rpc
         if rpc is None:
             return
+        me = self.agent.config.name
         known = dict(self.agent.peers.addresses)
-        known[self.agent.config.name] = str(self.agent.config.advertise)
+        known[me] = str(self.agent.config.advertise)
+        epochs = dict(self.agent.peers.epochs)
+        epochs[me] = self.agent.epoch
+        hello = {"peers": known, "epochs": epochs}
 
         async def say_hello() -> None:
             try:
-                await rpc.call(peer, "hello", {"peers": known}, PEER_CALL_TIMEOUT_S)
+                await rpc.call(peer, "hello", hello, PEER_CALL_TIMEOUT_S)
             except RpcError as e:
                 logger.debug("hello to %s: %s", peer, e)
 
@@ -742,11 +746,19 @@ class AgentOps:
         return {"agent": agent, "connected": self.agent.transport.is_connected(agent)}
 
     async def peer_hello(self, peer: str, args: dict) -> object:
-        known = args.get("peers")
+        known, epochs = args.get("peers"), args.get("epochs")
+        if not isinstance(epochs, dict):
+            epochs = {}  # an agent from before epochs: its gossip only adds agents
         if isinstance(known, dict):
             for name, addr in known.items():
                 if isinstance(name, str) and isinstance(addr, str):
-                    self.agent.learn_peer(name, addr)
+                    epoch = epochs.get(name)
+                    self.agent.learn_peer(
+                        name,
+                        addr,
+                        epoch=epoch if type(epoch) is int else None,
+                        first_hand=name == peer,
+                    )
         return True
 
     async def peer_host_replica(self, peer: str, args: dict) -> object:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ import msgpack
 import pytest
 
 from raftfleet_cli.client import ControlError
-from tests.procs import AgentProc, agents, clean_env, connected_to_all, wait_for
+from tests.procs import AgentProc, agents, clean_env, connected_to_all, free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -259,3 +260,46 @@ def test_a_founder_asked_to_join_another_cluster_says_how(tmp_path: Path) -> Non
     finally:
         b.stop()
         a.stop()
+
+
+def test_agents_restarted_at_new_addresses_settle_on_them(tmp_path: Path) -> None:
+    # Every agent restarts on a new port: each one's peers.json still holds
+    # the others' old addresses, and gossips them. They must settle on the
+    # new ones. Without epochs on addresses the old and the new were passed
+    # around for ever, each change making every agent greet all the others:
+    # the loops stalled for seconds and memory grew without bound.
+    with agents(tmp_path, 4, first_octet=41) as procs:
+        wait_for(lambda: connected_to_all(procs), 15, "agents to connect")
+        for p in procs:
+            p.stop(timeout=10)
+        for p in procs:
+            p.port = free_port(p.host)
+        for p in procs[1:]:
+            p.join = [procs[0].address]
+        for p in procs:
+            p.start(wait=False)
+        for p in procs:
+            wait_for(p.ping, 20, f"{p.name} to answer")
+        wait_for(lambda: connected_to_all(procs), 20, "agents to connect at their new addresses")
+        current = {p.name: p.address for p in procs}
+
+        def directories() -> list[dict[str, str]]:
+            out = []
+            for p in procs:
+                with open(p.data_dir / "peers.json", encoding="utf-8") as f:
+                    out.append(json.load(f)["peers"])
+            return out
+
+        def settled() -> bool:
+            return all(
+                d == {n: a for n, a in current.items() if n != p.name}
+                for p, d in zip(procs, directories(), strict=True)
+            )
+
+        wait_for(settled, 20, "every agent to know every other's new address")
+        before = [os.stat(p.data_dir / "peers.json").st_mtime_ns for p in procs]
+        time.sleep(2.0)  # twenty ticks: a storm would rewrite the files many times
+        assert [os.stat(p.data_dir / "peers.json").st_mtime_ns for p in procs] == before
+        assert settled()
+        for p in procs:
+            assert "missed" not in p.log(), p.log()
