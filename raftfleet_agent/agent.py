@@ -329,8 +329,9 @@ class Agent:
         if cluster and self.identity.cluster_id is None:
             self.identity.set_cluster_id(cluster)
         learned = self.peers.learn(name, addr, epoch=epoch, first_hand=first_hand)
-        if learned or not self.transport.is_connected(name):
-            self.transport.set_peer_address(name, *split_addr(addr))
+        known = self.peers.addresses.get(name)  # not `addr`: a stale one is refused
+        if known is not None and (learned or not self.transport.is_connected(name)):
+            self.transport.set_peer_address(name, *split_addr(known))
         if learned and self.ops is not None:
             # Pass news on: agents that joined through the same peer at the
             # same time would otherwise never hear of each other.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from raftfleet_agent.agent import Agent
+from raftfleet_agent.config import load_config
 from raftfleet_agent.peers import PeerDirectory
 
 OLD, NEW = "127.0.0.13:7001", "127.0.0.13:7002"
@@ -65,3 +67,26 @@ def test_gossip_of_a_stale_and_a_fresh_address_settles_on_the_fresh_one() -> Non
         assert changes < 10, "the directories keep changing each other"
     assert {d.addresses["a3"] for d in dirs.values()} == {NEW}
     assert changes == 2
+
+
+async def test_an_agent_dials_the_address_it_kept_not_a_refused_one(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"0123456789abcdef-cluster\n")
+    cli = {"listen": "127.0.0.1:7000", "cluster_secret_file": str(secret), "name": "a1"}
+    config = load_config(
+        {**cli, "data_dir": str(tmp_path / "data")},
+        {},
+        None,
+        default_config_path="/nonexistent/raftfleet/agent.toml",
+        hostname="host1.example.com",
+    )
+    agent = Agent(config)
+    try:
+        agent.learn_peer("a3", NEW, epoch=20, first_hand=True)
+        # Gossip of its old address, while a3 is not connected: refused, and
+        # the transport keeps dialing the address we kept.
+        agent.learn_peer("a3", OLD, epoch=10)
+        assert agent.peers.addresses["a3"] == NEW
+        assert agent.transport._peer("a3").address == ("127.0.0.13", 7002)
+    finally:
+        agent.store.close()
