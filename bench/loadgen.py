@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import selectors
 import signal
 import socket
@@ -86,6 +87,16 @@ def run(spec: dict) -> dict:
     conns = [
         Conn(targets[i % len(targets)] if proto == "framed" else None, i) for i in range(conns_n)
     ]
+    # "kv_put_bytes": N makes every request a put of a new key (unique to this
+    # process and connection) with an N-byte value: a kv state that grows.
+    put_bytes = int(spec.get("kv_put_bytes", 0))
+    put_value = "v" * put_bytes
+    fixed_arg = spec.get("arg", "inc")
+
+    def arg_of(c: Conn, rid: int) -> object:
+        if put_bytes:
+            return ["put", f"k{os.getpid()}-{c.gi}-{rid}", put_value]
+        return fixed_arg
 
     def note_error(kind: str) -> None:
         nonlocal errors
@@ -140,7 +151,7 @@ def run(spec: dict) -> dict:
         if proto == "framed":
             gl = groups[c_index[id(c)]]
             g = gl[rid % len(gl)]
-            args = {"group": g, "arg": spec.get("arg", "inc"), **args_extra}
+            args = {"group": g, "arg": arg_of(c, rid), **args_extra}
             b = msgpack.packb({"id": rid, "op": op, "args": args}, use_bin_type=True)
             c.wbuf += _HDR.pack(len(b)) + b
         else:
