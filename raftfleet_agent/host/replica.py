@@ -111,6 +111,7 @@ class Replica:
         "proposals",
         "reads_pending",
         "reads_ready",
+        "snapshot_bytes",
         "stopped",
     )
 
@@ -129,6 +130,7 @@ class Replica:
         # a quiescent replica's ticks stop)
         self.created_s = self.leader_since_s  # created or loaded by this process
         self.batch_avg = 1.0  # running mean of entries per Ready that had any (the loop's)
+        self.snapshot_bytes = 0  # size of the last snapshot taken or restored (the loop's)
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)

@@ -72,11 +72,13 @@ async def cluster(nursery: trio.Nursery) -> Fabric:
     return await _start(nursery, RaftOptions(election_ticks=10, heartbeat_ticks=1))
 
 
-async def _create(fabric: Fabric, group: str, n: int = 3) -> list[ReplicaId]:
+async def _create(
+    fabric: Fabric, group: str, n: int = 3, data_type: str = "counter"
+) -> list[ReplicaId]:
     ids = [ReplicaId(a, 7) for a in AGENTS[:n]]
     cfg = Config(frozenset(ids))
     for r in ids:
-        await fabric.hosts[r.agent].create_replica(group, "counter", r, cfg)
+        await fabric.hosts[r.agent].create_replica(group, data_type, r, cfg)
     fabric.hosts[ids[0].agent].campaign(group)
     return ids
 
@@ -429,6 +431,33 @@ async def test_entries_a_snapshot_compacts_are_freed_a_slice_per_turn(
     assert max(before for before, _n in freed) >= 900  # a whole snapshot, freed in slices
 
 
+async def test_a_large_state_waits_for_a_log_as_large_before_its_next_snapshot(
+    nursery: trio.Nursery,
+) -> None:
+    """Every 50 entries for a counter; for a 6.4 KB map, only once the log since is as large."""
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    fabric = await _start(nursery, opts, snapshot_every=50)
+    await _create(fabric, "small")
+    await _create(fabric, "big", data_type="kv")
+    for g in ("small", "big"):
+        lead = await _leader(fabric, g)
+        arg: object = ["put", "blob", "x" * 6_400] if g == "big" else "inc"
+        for i in range(1, 161):
+            assert (await lead.command(g, arg, "c", i, timeout_s=2)).ok
+            arg = ["put", f"k{i}", i] if g == "big" else "inc"
+    hosts = fabric.hosts.values()
+    await _until(lambda: all(h.replicas["big"].applier.applied_index >= 161 for h in hosts))
+    for h in fabric.hosts.values():
+        small, big = h.replicas["small"], h.replicas["big"]
+        assert small.member.log.offset >= 150  # snapshots at 50, 100 and 150
+        # The first at 50 (no snapshot before it); the map was then over
+        # 6.4 KB, so the next needs over 6,400 / 64 = 100 entries more: none
+        # at 100 or at 150, one after 150.
+        assert big.snapshot_bytes > 6_400
+        assert 150 < big.member.log.offset <= 161
+        assert h.metrics.snapshots_taken.value == 3 + 2
+
+
 async def test_a_replica_far_behind_installs_the_leaders_snapshot(nursery: trio.Nursery) -> None:
     opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
     fabric = await _start(nursery, opts, snapshot_every=50)
@@ -443,6 +472,7 @@ async def test_a_replica_far_behind_installs_the_leaders_snapshot(nursery: trio.
     fabric.cut.discard(behind)
     late = fabric.hosts[behind]
     await _until(lambda: late.replicas["far"].applier.applied_index >= 121)
+    assert late.replicas["far"].snapshot_bytes > 0  # its next snapshot is paced by that one
     assert late.metrics.snapshots_installed.value == 1
     assert lead.metrics.snapshots_installed.value == 0
     assert (await lead.query("far", "get", timeout_s=2)).reply == 120
