@@ -28,7 +28,7 @@ from raftfleet_agent.storage.api import StoreError
 
 DB_NAME = "raftfleet.db"
 APPLICATION_ID = 0x52464C54  # "RFLT": marks the file as a raftfleet store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: snapshot.file (a store of version 1 is migrated on open)
 PAGE_SIZE = 4096
 _MAGIC = b"SQLite format 3\x00"
 _HEADER_BYTES = 100
@@ -58,7 +58,8 @@ CREATE TABLE snapshot (
     idx INTEGER NOT NULL,
     term INTEGER NOT NULL,
     config BLOB NOT NULL,        -- msgpack of the membership at idx
-    data BLOB NOT NULL           -- opaque state machine state (its data type is in meta)
+    data BLOB NOT NULL,          -- opaque state machine state (its data type is in meta)
+    file TEXT                    -- if set, data is empty and this file in snapshots/ holds it
 );
 CREATE TABLE meta (
     grp TEXT NOT NULL PRIMARY KEY,
@@ -139,6 +140,23 @@ def _check_identity(path: Path, app_id: int, version: int) -> None:
         )
     if version < 1:
         raise StoreError(f"{path}: log store has no schema version; it is damaged")
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a store of an older schema version up to this one, in one transaction."""
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        if version < 2:
+            conn.execute("ALTER TABLE snapshot ADD COLUMN file TEXT")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.Error as e:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StoreError(f"{path}: cannot upgrade the log store's schema: {e}") from None
 
 
 def _fsync_path(path: Path, flags: int = os.O_RDONLY) -> None:

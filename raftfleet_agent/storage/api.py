@@ -106,6 +106,18 @@ class LogStore(Protocol):
     def write(self, batch: WriteBatch) -> None:
         """Submit and wait until durable (for tests, tools and benchmarks)."""
 
+    def stage_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        """Store a snapshot this replica took itself, when it suits the store.
+
+        For a snapshot at an index > 0 whose entries are all durable in this
+        store already, so nothing waits for it: until it is stored, recovery
+        rebuilds the same state from the previous snapshot and those entries.
+        It is stored as if written by a batch submitted when it is stored,
+        except that it is dropped if the group was deleted after this call
+        or a snapshot at the same or a later index is stored first. Raises
+        `StoreFatalError` like `submit` once the store is unusable.
+        """
+
     def load(self) -> Iterable[GroupRecord]:
         """Every stored group, for recovery at start. Call before any submit."""
 

@@ -122,6 +122,12 @@ class MemoryLogStore:
     def write(self, batch: WriteBatch) -> None:
         self.submit(batch, _ignore)
 
+    def stage_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        """Nothing to take off a commit path here: stored at once, like a write."""
+        if type(snapshot.data) is not bytes or snapshot.meta.index < 1:
+            raise ValueError(f"stage_snapshot of {group!r}: needs bytes at an index > 0")
+        self.submit(WriteBatch((GroupWrite(group=group, snapshot=snapshot),)), _ignore)
+
     def load(self) -> list[GroupRecord]:
         with self._lock:
             return [self._record(name, g) for name, g in sorted(self._groups.items())]

@@ -28,6 +28,16 @@ with any write rate. Reads never see a dead row: `load`, `entries` and
 `LogStore` contract promises. The SQL of a trim is bounded by the group's
 *current* snapshot row, so a trim can never reach a live entry, not even
 one of a group deleted and created again meanwhile.
+
+A snapshot the replica took itself (`stage_snapshot`) does not go through
+the group commit at all: a second thread writes its state to a file of its
+own (see `_snapfiles`), and only once that file is durable does a small row
+naming it join the next commit. Until then the stored log still holds every
+entry the snapshot covers, so a crash loses nothing. The row is written
+only if the group was not deleted since the snapshot was staged (deletes
+are counted on both sides of the queue) and no newer snapshot was stored
+meanwhile; a file that no row names any more is deleted after the commit
+that dropped it, or at the next start.
 """
 
 from __future__ import annotations
@@ -37,15 +47,18 @@ import gc
 import itertools
 import logging
 import operator
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from raftfleet_agent.raft.codec import CodecError
-from raftfleet_agent.raft.types import Entry, HardState
-from raftfleet_agent.storage import _schema
+import attrs
+
+from raftfleet_agent.raft.codec import CodecError, encode_config, packb
+from raftfleet_agent.raft.types import Entry, HardState, Snapshot
+from raftfleet_agent.storage import _schema, _snapfiles
 from raftfleet_agent.storage._rows import (
     EncodedWrite,
     decode_entry_rows,
@@ -65,6 +78,19 @@ from raftfleet_agent.storage.api import (
 log = logging.getLogger(__name__)
 
 _Queued = tuple[list[EncodedWrite], int, DurableCallback]  # rows, entry count, callback
+
+
+@attrs.frozen(slots=True)
+class _Staged:
+    """A staged snapshot whose file is durable: its row, for the next commit."""
+
+    group: str
+    index: int
+    term: int
+    config: bytes  # msgpack of the membership at index
+    file: str
+    incarnation: int  # deletes of the group submitted before it was staged
+
 
 _TRIM_ROWS = 1_000  # dead rows deleted per commit, besides as many as it inserted
 # The oldest `:n` dead rows of one group, never past its current snapshot
@@ -135,10 +161,14 @@ class SqliteLogStore:
         self._lock_fd = _schema.open_checked(self.path)
         try:
             self._wconn = self._connect(cache_mib)
+            _schema.migrate(self._wconn, self.path)
             self._rconn = self._connect(cache_mib)
             self._rconn.execute("PRAGMA query_only=1")
             self._wconn.execute(f"PRAGMA wal_autocheckpoint={int(checkpoint_pages)}")
+            self._snap_dir = _snapfiles.ensure_dir(Path(data_dir))
         except BaseException:
+            if hasattr(self, "_rconn"):
+                self._rconn.close()
             if hasattr(self, "_wconn"):
                 self._wconn.close()
             _schema.release(self.path, self._lock_fd)
@@ -146,7 +176,8 @@ class SqliteLogStore:
         self._rlock = threading.Lock()  # one reader at a time on _rconn
         self._cond = threading.Condition()
         # Guarded by _cond:
-        self._queue: list[_Queued] = []
+        self._queue: list[_Queued | _Staged] = []
+        self._deletes_submitted: dict[str, int] = {}  # per group, in submission order
         self._dead_found: list[str] = []  # groups whose dead rows `load` saw
         self._fatal: StoreFatalError | None = None
         self._closing = False
@@ -156,12 +187,20 @@ class SqliteLogStore:
         self._entries = 0
         self._last_commit_s = 0.0
         self._recent_commit_s: collections.deque[float] = collections.deque(maxlen=10_000)
-        # Only the writer thread touches this: groups that may hold dead rows.
+        # Only the writer thread touches these: groups that may hold dead rows,
+        # and deletes applied per group (compared with a staged snapshot's
+        # incarnation: equal means no delete came between).
         self._trims: dict[str, None] = {}
+        self._deletes_applied: dict[str, int] = {}
+        self._staging: queue.SimpleQueue[tuple[str, Snapshot, int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name="raftfleet-store-writer", daemon=True
         )
         self._thread.start()
+        self._files_thread = threading.Thread(
+            target=self._run_files, name="raftfleet-store-snapshots", daemon=True
+        )
+        self._files_thread.start()
 
     def _connect(self, cache_mib: int) -> sqlite3.Connection:
         try:
@@ -191,9 +230,53 @@ class SqliteLogStore:
         rows = [encode_write(w) for w in batch.writes]
         with self._cond:
             self._check_usable()
+            for w in batch.writes:
+                if w.delete:
+                    self._deletes_submitted[w.group] = self._deletes_submitted.get(w.group, 0) + 1
             self._queue.append((rows, batch.entry_count, on_durable))
             self._batches += 1
             self._cond.notify()
+
+    def stage_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        """Persist a snapshot this replica took, off the commit path (see the module doc).
+
+        Only for a snapshot at an index > 0 whose entries are all durable in
+        this store already: until its row is committed, recovery rebuilds the
+        same state from the previous snapshot and those entries. Nothing is
+        called back; a file that cannot be written makes the store fatal.
+        """
+        if type(snapshot.data) is not bytes or snapshot.meta.index < 1:
+            raise ValueError(f"stage_snapshot of {group!r}: needs bytes at an index > 0")
+        self._check_usable()
+        with self._cond:
+            self._check_usable()
+            incarnation = self._deletes_submitted.get(group, 0)
+        self._staging.put((group, snapshot, incarnation))
+
+    def _run_files(self) -> None:
+        while True:
+            job = self._staging.get()
+            if job is None:
+                return
+            group, snap, incarnation = job
+            try:
+                name = _snapfiles.write(self._snap_dir, snap.data)
+            except Exception as e:  # a failed fsync is fatal, as in a commit
+                self._fail([], e, "writing a snapshot file")
+                return
+            staged = _Staged(
+                group,
+                snap.meta.index,
+                snap.meta.term,
+                packb(encode_config(snap.meta.config)),
+                name,
+                incarnation,
+            )
+            with self._cond:
+                if self._fatal is not None:
+                    return
+                self._queue.append(staged)
+                self._cond.notify()
 
     def _check_usable(self) -> None:
         fatal = self._fatal
@@ -223,12 +306,13 @@ class SqliteLogStore:
                     self._cond.wait()
                 if not self._queue:
                     return  # closing, and everything queued is committed
-                taken, self._queue = self._queue, []
+                items, self._queue = self._queue, []
                 self._trims.update(dict.fromkeys(self._dead_found))
                 self._dead_found.clear()
+            taken = [q for q in items if not isinstance(q, _Staged)]
             start = time.perf_counter()
             try:
-                self._commit([w for rows, _n, _cb in taken for w in rows])
+                garbage = self._commit(items)
             except Exception as e:  # every commit failure is fatal, see module doc
                 self._fail(taken, e)
                 return
@@ -240,16 +324,28 @@ class SqliteLogStore:
                 self._recent_commit_s.append(took)
             for _rows, _n, cb in taken:
                 _call(cb, None)
+            if garbage:
+                self._remove_files(garbage)
 
-    def _commit(self, writes: list[EncodedWrite]) -> None:
+    def _commit(self, items: list[_Queued | _Staged]) -> list[str]:
+        """Apply the queued items in order, in one transaction; returns the files it freed."""
         c = self._wconn
+        garbage: list[str] = []
+        inserted = 0
         c.execute("BEGIN IMMEDIATE")
         try:
-            for run in _unique_group_runs(writes):
-                _apply_run(c, run)
-            self._trims.update((w.group, None) for w in writes if w.snapshot is not None)
+            writes: list[EncodedWrite] = []
+            for item in items:
+                if isinstance(item, _Staged):
+                    self._apply_writes(c, writes, garbage)
+                    writes = []
+                    self._apply_staged(c, item, garbage)
+                else:
+                    writes.extend(item[0])
+                    inserted += sum(len(w.entries) for w in item[0])
+            self._apply_writes(c, writes, garbage)
             if self._trims:
-                self._trim(c, _TRIM_ROWS + sum(len(w.entries) for w in writes))
+                self._trim(c, _TRIM_ROWS + inserted)
             self._commit_hook()
             c.execute("COMMIT")
         except BaseException:
@@ -259,6 +355,43 @@ class SqliteLogStore:
                 except sqlite3.Error:
                     pass  # already failing fatally; the first error is the one to report
             raise
+        return garbage
+
+    def _apply_writes(
+        self, c: sqlite3.Connection, writes: list[EncodedWrite], garbage: list[str]
+    ) -> None:
+        for run in _unique_group_runs(writes):
+            replaced = [(w.group,) for w in run if w.delete or w.snapshot is not None]
+            if replaced:  # their snapshot files are let go once this commits
+                garbage.extend(_files_of(c, replaced))
+            _apply_run(c, run)
+            for w in run:
+                if w.delete:
+                    self._deletes_applied[w.group] = self._deletes_applied.get(w.group, 0) + 1
+                if w.snapshot is not None:
+                    self._trims[w.group] = None
+
+    def _apply_staged(self, c: sqlite3.Connection, s: _Staged, garbage: list[str]) -> None:
+        """Write a staged snapshot's row, unless the group was deleted or moved past it."""
+        stored = c.execute("SELECT idx, file FROM snapshot WHERE grp=?", (s.group,)).fetchone()
+        deleted_since = self._deletes_applied.get(s.group, 0) != s.incarnation
+        if deleted_since or (stored is not None and stored[0] >= s.index):
+            garbage.append(s.file)
+            return
+        if stored is not None and stored[1] is not None:
+            garbage.append(stored[1])
+        c.execute(
+            "INSERT OR REPLACE INTO snapshot (grp, idx, term, config, data, file)"
+            " VALUES (?, ?, ?, ?, x'', ?)",
+            (s.group, s.index, s.term, s.config, s.file),
+        )
+        self._trims[s.group] = None
+
+    def _remove_files(self, names: list[str]) -> None:
+        try:
+            _snapfiles.remove(self._snap_dir, names)
+        except OSError as e:  # only space is lost: the next start sweeps them
+            log.warning("%s: cannot delete old snapshot files: %s", self._snap_dir, e)
 
     def _trim(self, c: sqlite3.Connection, budget: int) -> None:
         """Delete up to `budget` dead rows, oldest groups first."""
@@ -273,16 +406,17 @@ class SqliteLogStore:
     def _commit_hook(self) -> None:
         """Called in each transaction just before COMMIT; tests override it to inject failures."""
 
-    def _fail(self, taken: list[_Queued], cause: Exception) -> None:
+    def _fail(self, taken: list[_Queued], cause: Exception, what: str = "commit") -> None:
         fatal = StoreFatalError(
-            f"{self.path}: commit failed ({type(cause).__name__}: {cause}); "
+            f"{self.path}: {what} failed ({type(cause).__name__}: {cause}); "
             "the log store is unusable until the agent restarts"
         )
         fatal.__cause__ = cause
         log.error("%s", fatal)
         with self._cond:
-            self._fatal = fatal
-            pending = taken + self._queue
+            if self._fatal is None:
+                self._fatal = fatal
+            pending = taken + [q for q in self._queue if not isinstance(q, _Staged)]
             self._queue = []
         for _rows, _n, cb in pending:
             _call(cb, fatal)
@@ -324,10 +458,21 @@ class SqliteLogStore:
                 "SELECT grp, term, vote_agent, vote_n, commit_idx FROM hard_state"
             )
         }
-        snaps = {
-            g: decode_snapshot(*r)
-            for g, *r in self._read("SELECT grp, idx, term, config, data FROM snapshot")
-        }
+        snaps = {}
+        files = set()
+        for g, idx, term, config, inline, file in self._read(
+            "SELECT grp, idx, term, config, data, file FROM snapshot"
+        ):
+            data = inline
+            if file is not None:
+                if type(file) is not str:
+                    raise CodecError(f"snapshot of {g!r}: malformed file name")
+                data = _snapfiles.read(self._snap_dir, file)
+                files.add(file)
+            snaps[g] = decode_snapshot(idx, term, config, data)
+        swept = _snapfiles.sweep(self._snap_dir, files)
+        if swept:
+            log.info("%s: deleted %d snapshot files no row names", self._snap_dir, len(swept))
         metas: dict[str, bytes] = dict(self._read("SELECT grp, meta FROM meta"))
         logs: dict[str, tuple[Entry, ...]] = {}
         dead: list[str] = []
@@ -395,7 +540,13 @@ class SqliteLogStore:
             return list(self._recent_commit_s)
 
     def close(self) -> None:
-        """Commit everything queued, stop the writer, close the database. Idempotent."""
+        """Commit everything queued, stop the writer, close the database. Idempotent.
+
+        Snapshots staged and not yet written are dropped: their entries are
+        still in the log, so nothing is lost.
+        """
+        self._staging.put(None)
+        self._files_thread.join()
         with self._cond:
             self._closing = True
             self._cond.notify()
@@ -413,6 +564,16 @@ class SqliteLogStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _files_of(c: sqlite3.Connection, groups: list[tuple[str]]) -> list[str]:
+    """The snapshot files the stored rows of `groups` name."""
+    out = []
+    for (g,) in groups:
+        row = c.execute("SELECT file FROM snapshot WHERE grp=?", (g,)).fetchone()
+        if row is not None and row[0] is not None:
+            out.append(row[0])
+    return out
 
 
 def _apply_run(c: sqlite3.Connection, run: list[EncodedWrite]) -> None:

@@ -22,8 +22,12 @@ from raftfleet_agent.storage import (
 
 
 def dir_state(d: Path) -> dict[str, str]:
-    """Every file in `d` with a hash of its bytes."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}
+    """Every file under `d` (the snapshot directory too) with a hash of its bytes."""
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
 
 
 def fill(d: Path, groups: int = 200, entries: int = 50) -> None:
@@ -142,7 +146,7 @@ def test_stray_wal_without_database(tmp_path: Path) -> None:
 def test_damaged_pages(tmp_path: Path, where: float) -> None:
     fill(tmp_path)
     db = tmp_path / "raftfleet.db"
-    assert set(os.listdir(tmp_path)) == {"raftfleet.db"}  # checkpointed: all in the file
+    assert set(os.listdir(tmp_path)) == {"raftfleet.db", "snapshots"}  # checkpointed: no WAL
     size = db.stat().st_size
     page = 4096
     assert size > 40 * page
