@@ -300,7 +300,7 @@ class MultiRaftHost:
                 # index durable, and that index can be learned again).
                 for e in rd.committed:
                     r.apply(e)
-            writes.extend(self._writes_of(g, rd))
+            writes.extend(self._writes_of(g, rd, self.store))
         if not readys and not extra and not at_once:
             return
         turn = _Turn(readys, [w for _, w in extra])
@@ -348,13 +348,22 @@ class MultiRaftHost:
             r.answer_reads()
 
     @staticmethod
-    def _writes_of(group: str, rd: Ready) -> list[GroupWrite]:
+    def _writes_of(group: str, rd: Ready, store: LogStore) -> list[GroupWrite]:
         if not rd.must_persist:
             return []
-        if rd.snapshot is None and rd.compacted is None:  # nearly always
+        compacted = rd.compacted
+        if compacted is not None and rd.snapshot is None and compacted.meta.index > 0:
+            # Taken here, after its entries were durable: the store writes it
+            # off the commit path (a large state written inside the group
+            # commit held every group's commit for up to a second).
+            store.stage_snapshot(group, compacted)
+            compacted = None
+        if rd.snapshot is None and compacted is None:  # nearly always
+            if not (rd.entries or rd.hard_state):
+                return []
             return [GroupWrite(group=group, entries=rd.entries, hard_state=rd.hard_state)]
         snaps = sorted(
-            (s for s in (rd.snapshot, rd.compacted) if s is not None), key=lambda s: s.meta.index
+            (s for s in (rd.snapshot, compacted) if s is not None), key=lambda s: s.meta.index
         )
         out = [GroupWrite(group=group, snapshot=s) for s in snaps[:-1]]
         out.append(

@@ -14,8 +14,8 @@ from raftfleet_agent.host import loop, wire
 from raftfleet_agent.host.loop import MultiRaftHost
 from raftfleet_agent.raft.errors import NotLeader
 from raftfleet_agent.raft.member import RaftOptions
-from raftfleet_agent.raft.types import Config, ReplicaId
-from raftfleet_agent.storage import MemoryLogStore
+from raftfleet_agent.raft.types import Config, ReplicaId, Snapshot
+from raftfleet_agent.storage import DurableCallback, MemoryLogStore, WriteBatch
 
 AGENTS = ["a1", "a2", "a3"]
 
@@ -456,6 +456,47 @@ async def test_a_large_state_waits_for_a_log_as_large_before_its_next_snapshot(
         assert big.snapshot_bytes > 6_400
         assert 150 < big.member.log.offset <= 161
         assert h.metrics.snapshots_taken.value == 3 + 2
+
+
+class StagingStore(MemoryLogStore):
+    """Records which snapshots reach the store by which path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.staged: list[int] = []
+        self.written: list[int] = []  # in batches the loop submitted
+        self._staging = False
+
+    def stage_snapshot(self, group: str, snapshot: Snapshot) -> None:
+        self.staged.append(snapshot.meta.index)
+        self._staging = True
+        try:
+            super().stage_snapshot(group, snapshot)  # stores it through submit
+        finally:
+            self._staging = False
+
+    def submit(self, batch: WriteBatch, on_durable: DurableCallback) -> None:
+        if not self._staging:
+            self.written += [w.snapshot.meta.index for w in batch.writes if w.snapshot]
+        super().submit(batch, on_durable)
+
+
+async def test_snapshots_taken_here_are_staged_and_the_first_config_written(
+    nursery: trio.Nursery,
+) -> None:
+    """A snapshot taken after its entries are durable skips the group commit; index 0 cannot."""
+    stores = {a: StagingStore() for a in AGENTS}
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    fabric = await _start(nursery, opts, stores=dict(stores), snapshot_every=20)
+    await _create(fabric, "s")
+    lead = await _leader(fabric, "s")
+    for i in range(1, 50):
+        assert (await lead.command("s", "inc", "c", i, timeout_s=2)).ok
+    await _until(lambda: all(len(st.staged) == 2 for st in stores.values()))
+    for st in stores.values():
+        assert st.written == [0]  # the bootstrap configuration, in the group commit
+        assert st.staged == [20, 40]
+        assert st.load()[0].snapshot.meta.index == 40
 
 
 async def test_a_replica_far_behind_installs_the_leaders_snapshot(nursery: trio.Nursery) -> None:
