@@ -178,6 +178,7 @@ class SqliteLogStore:
         # Guarded by _cond:
         self._queue: list[_Queued | _Staged] = []
         self._deletes_submitted: dict[str, int] = {}  # per group, in submission order
+        self._staged_any = False
         self._dead_found: list[str] = []  # groups whose dead rows `load` saw
         self._fatal: StoreFatalError | None = None
         self._closing = False
@@ -251,6 +252,7 @@ class SqliteLogStore:
         with self._cond:
             self._check_usable()
             incarnation = self._deletes_submitted.get(group, 0)
+            self._staged_any = True
         self._staging.put((group, snapshot, incarnation))
 
     def _run_files(self) -> None:
@@ -470,9 +472,14 @@ class SqliteLogStore:
                 data = _snapfiles.read(self._snap_dir, file)
                 files.add(file)
             snaps[g] = decode_snapshot(idx, term, config, data)
-        swept = _snapfiles.sweep(self._snap_dir, files)
-        if swept:
-            log.info("%s: deleted %d snapshot files no row names", self._snap_dir, len(swept))
+        with self._cond:
+            # Only before anything was staged: a staged file waits for its
+            # row, and no row names it yet.
+            sweep = not self._staged_any
+        if sweep:
+            swept = _snapfiles.sweep(self._snap_dir, files)
+            if swept:
+                log.info("%s: deleted %d snapshot files no row names", self._snap_dir, len(swept))
         metas: dict[str, bytes] = dict(self._read("SELECT grp, meta FROM meta"))
         logs: dict[str, tuple[Entry, ...]] = {}
         dead: list[str] = []

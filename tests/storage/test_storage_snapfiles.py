@@ -189,6 +189,31 @@ def test_files_no_row_names_are_swept_at_load(tmp_path: Path) -> None:
     assert files(tmp_path) == kept | {"README"}
 
 
+def test_a_load_while_a_file_waits_for_its_row_keeps_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep is for files a past run left, never for one staged now."""
+    row_may_go = threading.Event()
+    real_commit = SqliteLogStore._commit
+
+    def commit_later(self: SqliteLogStore, items: list) -> list[str]:
+        if any(isinstance(i, sqlite_store._Staged) for i in items):
+            assert row_may_go.wait(10)
+        return real_commit(self, items)
+
+    monkeypatch.setattr(SqliteLogStore, "_commit", commit_later)
+    with SqliteLogStore(tmp_path) as s:
+        write(s, GroupWrite(group="g", entries=ents(1, 50)))
+        s.stage_snapshot("g", snap(40))
+        until(lambda: files(tmp_path))  # written, its row not committed
+        s.load()
+        assert files(tmp_path)
+        row_may_go.set()
+        until(lambda: "g" in snapshot_rows(tmp_path))
+    with SqliteLogStore(tmp_path) as s:
+        assert s.load()[0].snapshot == snap(40)
+
+
 @pytest.mark.parametrize("damage", ["missing", "flipped", "truncated"])
 def test_a_damaged_snapshot_file_is_refused_by_name(tmp_path: Path, damage: str) -> None:
     with SqliteLogStore(tmp_path) as s:
