@@ -19,6 +19,7 @@ from raftfleet_agent.raft.codec import decode_replica, encode_replica
 from raftfleet_agent.raft.member import RaftMember
 from raftfleet_agent.raft.types import Entry, ReplicaId
 from raftfleet_agent.statemachine import Applier, ApplyResult
+from raftfleet_agent.statemachine.applier import SnapshotJob
 
 logger = logging.getLogger("raftfleet.host")
 
@@ -112,6 +113,7 @@ class Replica:
         "reads_pending",
         "reads_ready",
         "snapshot_bytes",
+        "snapshot_job",
         "stopped",
     )
 
@@ -131,6 +133,7 @@ class Replica:
         self.created_s = self.leader_since_s  # created or loaded by this process
         self.batch_avg = 1.0  # running mean of entries per Ready that had any (the loop's)
         self.snapshot_bytes = 0  # size of the last snapshot taken or restored (the loop's)
+        self.snapshot_job: SnapshotJob | None = None  # a snapshot being packed (the loop's)
 
     def propose(self, data: object) -> Waiter:
         index = self.member.propose(data)

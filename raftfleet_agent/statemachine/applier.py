@@ -23,6 +23,7 @@ msgpack round trip (a check and a private copy).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Final
 
 import attrs
@@ -53,6 +54,45 @@ _SNAPSHOT_KEYS: Final = frozenset({"v", "type", "applied_index", "now_ms", "stat
 # What a data type raises for a bad argument (protocol.py).
 _INVALID: Final = (InvalidArgument, ValueError, TypeError, KeyError)
 _NORMAL: Final = EntryKind.NORMAL
+
+
+@attrs.define(slots=True, eq=False)
+class SnapshotJob:
+    """A snapshot under way: `step()` packs one more slice; `result()` once `done`.
+
+    `index` is the applied index it was taken at, whatever was applied since.
+    """
+
+    index: int
+    _parts: Iterator[bytes]
+    _chunks: list[bytes]
+    _envelope: tuple[dict[str, Any], list[Any]] | None  # header and sessions; None: whole
+    done: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.done = self._envelope is None
+
+    def step(self) -> bool:
+        """Pack the next slice; True once there is none left."""
+        if not self.done:
+            part = next(self._parts, None)
+            if part is None:
+                self.done = True
+            else:
+                self._chunks.append(part)
+        return self.done
+
+    def result(self) -> bytes:
+        if not self.done:
+            raise RuntimeError("the snapshot is not finished")
+        if self._envelope is None:
+            return self._chunks[0]
+        head, sessions = self._envelope
+        whole = msgpack.packb(
+            {**head, "state": b"".join(self._chunks), "sessions": sessions}, use_bin_type=True
+        )
+        self._chunks, self._envelope = [whole], None  # the slices are let go
+        return whole
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -292,6 +332,27 @@ class Applier:
             # Only reachable when entries bypassed encode_command and a
             # built-in stored or replied a non-msgpack value.
             raise SnapshotError(f"cannot encode snapshot: {exc}") from exc
+
+    def start_snapshot(self) -> SnapshotJob:
+        """A snapshot of the state as it is now, to finish later (`SnapshotJob`).
+
+        For a built-in type that can pack its state in slices (kv), only a
+        copy is taken now and the host packs one slice per loop turn while
+        commands go on; `result()` is then exactly what `snapshot()` would
+        have returned at this moment. Any other type is snapshotted here, at
+        once. Raises SnapshotError as `snapshot()` does.
+        """
+        parts = getattr(self._dt.impl, "snapshot_parts", None) if self._dt.builtin else None
+        table = self._sessions
+        head = {
+            "v": SNAPSHOT_VERSION,
+            "type": self._dt.name,
+            "applied_index": self._applied_index,
+            "now_ms": table.now_ms,
+        }
+        if parts is None:
+            return SnapshotJob(self._applied_index, iter(()), [self.snapshot()], None)
+        return SnapshotJob(self._applied_index, parts(self._state), [], (head, table.to_wire()))
 
     def restore(self, data: bytes) -> None:
         """Replace state, sessions, clock and applied index with a snapshot's.

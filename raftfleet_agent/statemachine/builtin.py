@@ -9,6 +9,8 @@ would make every write O(size).
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any, Final
 
 import msgpack
@@ -165,6 +167,18 @@ class KV:
         return msgpack.packb(state, use_bin_type=True)
 
     @staticmethod
+    def snapshot_parts(state: dict[str, Any]) -> Iterator[bytes]:
+        """`snapshot(state)` in slices whose concatenation is the same bytes.
+
+        The map is copied now (a shallow copy: ~22 ms for a million keys,
+        where packing them takes 100-600 ms), so commands applied while the
+        slices are packed do not change what is written; values are never
+        changed in place (a command replaces them). Each slice packs up to
+        `KV_SLICE_KEYS` keys, so a host can pack one per loop turn.
+        """
+        return _map_slices(state.copy())
+
+    @staticmethod
     def restore(data: bytes) -> dict[str, Any]:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
         if type(state) is not dict:
@@ -173,6 +187,26 @@ class KV:
             if type(key) is not str or value is None:
                 raise SnapshotError(f"kv: snapshot has an invalid entry for key {_show(key)}")
         return state
+
+
+KV_SLICE_KEYS = 10_000  # keys per slice of a kv snapshot: ~3 ms of packing here
+
+
+def _map_header_bytes(n: int) -> int:
+    """How long msgpack's header of an n-item map is (fixmap, map 16, map 32)."""
+    return 1 if n < 16 else 3 if n < 65_536 else 5
+
+
+def _map_slices(m: dict[str, Any]) -> Iterator[bytes]:
+    yield msgpack.Packer(use_bin_type=True).pack_map_header(len(m))
+    items = iter(m.items())
+    while True:
+        part = dict(itertools.islice(items, KV_SLICE_KEYS))
+        if not part:
+            return
+        # A slice packed as a map of its own, less that map's header: its
+        # items' bytes are exactly what they are inside the whole map.
+        yield msgpack.packb(part, use_bin_type=True)[_map_header_bytes(len(part)) :]
 
 
 BUILTINS: Final[dict[str, type]] = {"counter": Counter, "kv": KV}

@@ -15,6 +15,7 @@ from raftfleet_agent.host.loop import MultiRaftHost
 from raftfleet_agent.raft.errors import NotLeader
 from raftfleet_agent.raft.member import RaftOptions
 from raftfleet_agent.raft.types import Config, ReplicaId, Snapshot
+from raftfleet_agent.statemachine import builtin
 from raftfleet_agent.storage import DurableCallback, MemoryLogStore, WriteBatch
 
 AGENTS = ["a1", "a2", "a3"]
@@ -456,6 +457,43 @@ async def test_a_large_state_waits_for_a_log_as_large_before_its_next_snapshot(
         assert big.snapshot_bytes > 6_400
         assert 150 < big.member.log.offset <= 161
         assert h.metrics.snapshots_taken.value == 3 + 2
+
+
+async def test_a_large_kv_map_is_snapshotted_a_slice_per_turn(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packed over many turns while commands go on; a replica cut off meanwhile installs it."""
+    monkeypatch.setattr(builtin, "KV_SLICE_KEYS", 5)
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    fabric = await _start(nursery, opts, snapshot_every=60)
+    await _create(fabric, "kv", data_type="kv")
+    lead = await _leader(fabric, "kv")
+    behind = sorted(a for a in AGENTS if a != lead.agent)[0]
+    busy_turns: dict[str, int] = dict.fromkeys(AGENTS, 0)
+
+    def watch(host: MultiRaftHost) -> None:
+        step = host._step_snapshots
+
+        def counted() -> None:
+            busy_turns[host.agent] += 1
+            step()
+
+        host._step_snapshots = counted  # type: ignore[method-assign]
+
+    for h in fabric.hosts.values():
+        watch(h)
+    fabric.cut.add(behind)
+    for i in range(1, 200):
+        assert (await lead.command("kv", ["put", f"k{i}", i], "c", i, timeout_s=2)).ok
+    lead_r = lead.replicas["kv"]
+    assert lead.metrics.snapshots_taken.value >= 2
+    assert lead_r.member.log.offset >= 120
+    assert busy_turns[lead.agent] >= 2 * 60 // 5  # each snapshot: a slice per turn
+    fabric.cut.discard(behind)
+    late = fabric.hosts[behind].replicas["kv"]
+    await _until(lambda: late.applier.applied_index >= lead_r.applier.applied_index)
+    assert fabric.hosts[behind].metrics.snapshots_installed.value >= 1
+    assert late.applier.state == lead_r.applier.state == {f"k{i}": i for i in range(1, 200)}
 
 
 class StagingStore(MemoryLogStore):

@@ -10,6 +10,7 @@ from raftfleet_agent.statemachine import (
     Applier,
     Counter,
     InvalidArgument,
+    builtin,
 )
 from tests.statemachine.helpers import Feeder
 
@@ -184,3 +185,12 @@ def test_kv_replicas_on_different_paths_write_the_same_snapshot() -> None:
         for arg in log[cut:]:
             _, restored = KV.command(restored, arg)
         assert KV.snapshot(restored) == KV.snapshot(applied), cut
+
+
+@pytest.mark.parametrize("keys", [0, 1, 15, 16, 17, 9_999, 10_000, 10_001, 65_535, 65_536, 70_000])
+def test_kv_snapshot_slices_join_to_the_snapshot(keys: int) -> None:
+    """Across msgpack's map header sizes (16, 65,536 keys) and the slice size (10,000)."""
+    state = {f"k{i}": i if i % 3 else [i, "x"] for i in range(keys)}
+    parts = list(KV.snapshot_parts(state))
+    assert b"".join(parts) == KV.snapshot(state)
+    assert len(parts) == 1 + -(-keys // builtin.KV_SLICE_KEYS)  # the header, then the slices

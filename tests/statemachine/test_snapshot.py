@@ -168,3 +168,34 @@ def test_arbitrary_bytes_never_crash_restore(data: bytes) -> None:
         applier.restore(data)
     except SnapshotError:
         assert applier.snapshot() == before
+
+
+def test_a_kv_snapshot_packed_in_slices_is_the_snapshot_of_its_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Packed one slice at a time while commands go on, it is what snapshot() gave at the start."""
+    from raftfleet_agent.statemachine import builtin
+
+    monkeypatch.setattr(builtin, "KV_SLICE_KEYS", 4)
+    f = Feeder(Applier("kv"))
+    for i in range(1, 31):
+        f.cmd(["put", f"k{i}", [i, "v"]], client=f"c{i % 3}", seq=i, ts=1_000 + i)
+    expected = f.applier.snapshot()
+    job = f.applier.start_snapshot()
+    assert job.index == 30 and not job.done
+    steps = 0
+    while not job.step():
+        steps += 1
+        # Commands in between change the live map, not the snapshot under way.
+        f.cmd(["put", f"k{steps}", "changed"], client="c9", seq=steps, ts=2_000 + steps)
+        f.cmd(["delete", f"k{30 - steps}"], client="c8", seq=steps, ts=2_000 + steps)
+    assert steps == 30 // 4 + 2  # the header, then 8 slices of up to 4 keys
+    assert job.result() == expected
+    assert Applier.from_snapshot("kv", job.result()).applied_index == 30
+
+
+def test_other_types_are_snapshotted_at_once() -> None:
+    f = busy_counter()
+    job = f.applier.start_snapshot()
+    assert job.done and job.index == 4
+    assert job.result() == f.applier.snapshot()
