@@ -199,3 +199,14 @@ def test_other_types_are_snapshotted_at_once() -> None:
     job = f.applier.start_snapshot()
     assert job.done and job.index == 4
     assert job.result() == f.applier.snapshot()
+
+
+@pytest.mark.parametrize("keys", [1, 40, 5_000])  # the state under 256 bytes, under 64 KiB, over
+def test_a_kv_snapshot_in_slices_has_the_bytes_of_one_in_a_piece(keys: int) -> None:
+    f = Feeder(Applier("kv"))
+    f.cmd(["put", "first", "x"], client="a", seq=1, ts=1_000)
+    f.applier._state.update({f"key-{i:06d}": "v" * 20 for i in range(keys)})
+    job = f.applier.start_snapshot()
+    while not job.step():
+        pass
+    assert job.result() == f.applier.snapshot()
