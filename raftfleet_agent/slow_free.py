@@ -13,8 +13,12 @@ from __future__ import annotations
 class SlowFree:
     """Lists of objects waiting to be released, oldest first. Not thread-safe."""
 
-    def __init__(self, per_step: int) -> None:
+    def __init__(self, per_step: int, max_step: int | None = None) -> None:
         self.per_step = per_step
+        # What the eighth of a backlog may reach in one step: a large state's
+        # snapshot compacts ~440,000 entries at once, and an eighth of those
+        # took 50-75 ms of every turn for a while.
+        self.max_step = 8 * per_step if max_step is None else max_step
         self._lists: list[list[object]] = []
         self.waiting = 0  # objects still referenced here
 
@@ -27,9 +31,10 @@ class SlowFree:
     def step(self, extra: int = 0) -> None:
         """Release `per_step + extra` objects, or an eighth of those waiting if more.
 
-        The eighth makes a backlog shrink geometrically, whatever arrives.
+        The eighth makes a backlog shrink geometrically, up to `max_step` a
+        step; `extra` (what the caller added since) keeps up with any rate.
         """
-        budget = max(self.per_step + extra, self.waiting // 8)
+        budget = max(self.per_step + extra, min(self.waiting // 8, self.max_step))
         self.waiting = max(0, self.waiting - budget)
         while budget > 0 and self._lists:
             oldest = self._lists[0]

@@ -32,8 +32,17 @@ def test_a_step_releases_its_budget_oldest_list_first() -> None:
     assert sf.waiting == 0
 
 
+def test_no_step_frees_more_than_its_cap_unless_asked() -> None:
+    sf = SlowFree(per_step=10)  # the cap: 80 a step
+    sf.put([Obj() for _ in range(8_000)])
+    sf.step()
+    assert sf.waiting == 8_000 - 80  # not an eighth (1,000): that stalled turns
+    sf.step(extra=500)  # what the caller added since is always let go
+    assert sf.waiting == 8_000 - 80 - 510
+
+
 def test_a_backlog_shrinks_by_an_eighth_per_step_whatever_the_budget() -> None:
-    sf = SlowFree(per_step=1)
+    sf = SlowFree(per_step=1, max_step=10_000)
     sf.put([Obj() for _ in range(8_000)])
     sf.step()
     assert sf.waiting == 7_000
