@@ -328,7 +328,7 @@ class MultiRaftHost:
                 # index durable, and that index can be learned again).
                 for e in rd.committed:
                     r.apply(e)
-            writes.extend(self._writes_of(g, rd, self.store))
+            writes.extend(self._writes_of(g, rd))
         if not readys and not extra and not at_once:
             return
         turn = _Turn(readys, [w for _, w in extra])
@@ -375,8 +375,7 @@ class MultiRaftHost:
                 r.apply(e)
             r.answer_reads()
 
-    @staticmethod
-    def _writes_of(group: str, rd: Ready, store: LogStore) -> list[GroupWrite]:
+    def _writes_of(self, group: str, rd: Ready) -> list[GroupWrite]:
         if not rd.must_persist:
             return []
         compacted = rd.compacted
@@ -384,7 +383,7 @@ class MultiRaftHost:
             # Taken here, after its entries were durable: the store writes it
             # off the commit path (a large state written inside the group
             # commit held every group's commit for up to a second).
-            store.stage_snapshot(group, compacted)
+            self.store.stage_snapshot(group, compacted)
             compacted = None
         if rd.snapshot is None and compacted is None:  # nearly always
             if not (rd.entries or rd.hard_state):

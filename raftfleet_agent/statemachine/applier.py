@@ -331,17 +331,9 @@ class Applier:
                 f"data type {self._dt.name!r}: snapshot() returned "
                 f"{type(state).__name__}, not bytes"
             )
-        table = self._sessions
         try:
             return msgpack.packb(
-                {
-                    "v": SNAPSHOT_VERSION,
-                    "type": self._dt.name,
-                    "applied_index": self._applied_index,
-                    "now_ms": table.now_ms,
-                    "state": state,
-                    "sessions": table.to_wire(),
-                },
+                {**self._envelope_head(), "state": state, "sessions": self._sessions.to_wire()},
                 use_bin_type=True,
             )
         except (TypeError, ValueError, OverflowError) as exc:
@@ -359,16 +351,19 @@ class Applier:
         once. Raises SnapshotError as `snapshot()` does.
         """
         parts = getattr(self._dt.impl, "snapshot_parts", None) if self._dt.builtin else None
-        table = self._sessions
-        head = {
+        if parts is None:
+            return SnapshotJob(self._applied_index, iter(()), [self.snapshot()], None)
+        envelope = (self._envelope_head(), self._sessions.to_wire())
+        return SnapshotJob(self._applied_index, parts(self._state), [], envelope)
+
+    def _envelope_head(self) -> dict[str, Any]:
+        """A snapshot's fields before its state (in the order they are packed)."""
+        return {
             "v": SNAPSHOT_VERSION,
             "type": self._dt.name,
             "applied_index": self._applied_index,
-            "now_ms": table.now_ms,
+            "now_ms": self._sessions.now_ms,
         }
-        if parts is None:
-            return SnapshotJob(self._applied_index, iter(()), [self.snapshot()], None)
-        return SnapshotJob(self._applied_index, parts(self._state), [], (head, table.to_wire()))
 
     def restore(self, data: bytes) -> None:
         """Replace state, sessions, clock and applied index with a snapshot's.
