@@ -21,6 +21,7 @@ from collections import deque
 from functools import partial
 from pathlib import Path
 
+import msgpack
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -120,9 +121,10 @@ class Node:
             client.push(encode_frame({"id": rid, "ok": False, "error": err}))
             self.clients_dirty.add(client)
         else:
-            # The same envelope as statemachine.encode_command: request id, clock, arg.
+            # The same envelope as statemachine.encode_command: request id, clock,
+            # arg, encoded once here.
             g.last += 1
-            data = [cid, seq, int(time.time() * 1000), args.get("arg")]
+            data = msgpack.packb([cid, seq, int(time.time() * 1000), args.get("arg")])
             g.new.append(Entry(TERM, g.last, EntryKind.NORMAL, data))
             g.waiters.append((g.last, client, rid))
             self.dirty.add(g)

@@ -16,9 +16,9 @@ snapshot bytes from the same entries. So:
   than letting the replicas diverge silently.
 
 Performance: `apply` is on the hot path of every command. Its per-entry work
-is a few type checks, two dict lookups and one heap comparison around the
-data type's own `command`; user-type replies additionally go through one
-msgpack round trip (a check and a private copy).
+is decoding the envelope's bytes, a few type checks, two dict lookups and
+one heap comparison around the data type's own `command`; user-type replies
+additionally go through one msgpack round trip (a check and a private copy).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import attrs
 import msgpack
 
 from raftfleet_agent.raft.types import Entry, EntryKind
-from raftfleet_agent.statemachine.envelope import envelope_problem
+from raftfleet_agent.statemachine.envelope import envelope_problem, unpack_envelope
 from raftfleet_agent.statemachine.loader import LoadedType, load_data_type
 from raftfleet_agent.statemachine.protocol import (
     DATA_TYPE_ERROR,
@@ -256,6 +256,11 @@ class Applier:
         if entry.kind is not _NORMAL:
             return None  # NOOP and CONFIG only advance the applied index
         data = entry.data
+        if type(data) is bytes:
+            try:
+                data = unpack_envelope(data)
+            except ValueError as exc:
+                return ApplyResult.failure(INVALID_ARGUMENT, str(exc))
         problem = envelope_problem(data)
         if problem is not None:
             return ApplyResult.failure(INVALID_ARGUMENT, problem)

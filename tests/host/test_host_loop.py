@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import queue
 import random
 import threading
@@ -14,7 +15,7 @@ from raftfleet_agent.host import loop, wire
 from raftfleet_agent.host.loop import MultiRaftHost
 from raftfleet_agent.raft.errors import NotLeader
 from raftfleet_agent.raft.member import RaftOptions
-from raftfleet_agent.raft.types import Config, ReplicaId, Snapshot
+from raftfleet_agent.raft.types import Config, EntryKind, ReplicaId, Snapshot
 from raftfleet_agent.statemachine import builtin
 from raftfleet_agent.storage import DurableCallback, MemoryLogStore, WriteBatch
 
@@ -122,6 +123,27 @@ async def test_counter_group_serves_commands_and_reads(cluster: Fabric) -> None:
     res = await lead.command("g1", "inc", "client-1", 1, timeout_s=2)
     assert res.reply == 0
     assert (await lead.query("g1", "get", timeout_s=2)).reply == 1
+
+
+async def test_the_log_holds_commands_encoded_out_of_the_collectors_sight(
+    cluster: Fabric,
+) -> None:
+    """A NORMAL entry's data is the envelope's bytes on every replica, leader
+    included, not lists: a long log then adds one tracked object an entry
+    (the Entry) instead of three, and full collections walk a third as much."""
+    await _create(cluster, "kv1", data_type="kv")
+    lead = await _leader(cluster, "kv1")
+    for seq in range(1, 21):
+        res = await lead.command("kv1", ["put", f"k{seq}", [seq, "v"]], "c", seq, timeout_s=2)
+        assert res.ok, res
+    await _until(
+        lambda: all(h.replicas["kv1"].applier.applied_index >= 21 for h in cluster.hosts.values())
+    )
+    for h in cluster.hosts.values():
+        normal = [e for e in h.replicas["kv1"].member.log.entries if e.kind is EntryKind.NORMAL]
+        assert len(normal) == 20
+        assert all(type(e.data) is bytes and not gc.is_tracked(e.data) for e in normal)
+        assert h.replicas["kv1"].applier.state == {f"k{i}": [i, "v"] for i in range(1, 21)}
 
 
 async def test_followers_refuse_and_name_the_leader(cluster: Fabric) -> None:

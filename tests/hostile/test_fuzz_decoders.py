@@ -448,7 +448,14 @@ def test_applier_turns_any_entry_into_a_result_never_an_exception(
     (an exception would stop the host loop, i.e. the whole agent)."""
     applier = Applier(data_type)
     for i, data in enumerate(
-        (value, ["c", 1, 0, value], ["c", 2, 0, ["set", value]], ["c", 3, 0, ["put", value, 1]]),
+        (
+            value,
+            ["c", 1, 0, value],
+            ["c", 2, 0, ["set", value]],
+            ["c", 3, 0, ["put", value, 1]],
+            msgpack.packb(["c", 4, 0, ["put", "k", value]]),
+            msgpack.packb(value),
+        ),
         start=1,
     ):
         result = applier.apply(Entry(1, i, EntryKind.NORMAL, data))
@@ -483,4 +490,9 @@ def test_encode_command_raises_only_type_or_value_error(value: object) -> None:
             env = encode_command(client, seq, 0, value)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             continue
-        assert msgpack.packb(decode_command(env).arg) == msgpack.packb(env[3])  # NaN-proof
+        try:
+            arg = decode_command(env).arg
+        except ValueError:
+            continue  # e.g. a map key Python cannot hash: refused where applied
+        # What every replica decodes packs as the value did (NaN-proof).
+        assert msgpack.packb(arg) == msgpack.packb(value)
