@@ -46,6 +46,7 @@ from raftfleet_agent.host.replica import (
     ReplicaGone,
     ReplicaMeta,
     Waiter,
+    entry_bytes,
 )
 from raftfleet_agent.metrics import HostMetrics
 from raftfleet_agent.raft.errors import RaftError
@@ -74,10 +75,6 @@ _DEADLINE_SWEEP_EVERY = 4096
 # stalled every replica of a busy group together, which was most of the
 # 64-client p999.
 _FREE_PER_TURN = 1_000
-
-# What a log entry is taken to weigh on disk (bytes) when a snapshot is due:
-# see MultiRaftHost._snapshot_due.
-_ENTRY_BYTES = 64
 
 
 class UnknownGroup(Exception):
@@ -284,6 +281,9 @@ class MultiRaftHost:
         data = job.result()
         r.snapshot_bytes = len(data)
         self._compacted.put(r.member.compact(job.index, data))
+        # What stays is what was applied while a sliced snapshot was packed.
+        log = r.member.log
+        r.log_bytes = sum(map(entry_bytes, log.slice(log.offset + 1, r.applier.applied_index + 1)))
         self.metrics.snapshots_taken.inc()
 
     def _tick_awake(self) -> None:
@@ -445,6 +445,7 @@ class MultiRaftHost:
             r.applier = applier
             r.snapshot_job = None  # of the state just replaced
             r.snapshot_bytes = len(rd.snapshot.data)
+            r.log_bytes = 0
             self.metrics.snapshots_installed.inc()
             for e in rd.committed:  # after the snapshot they follow (else applied in _gather)
                 r.apply(e)
@@ -479,13 +480,15 @@ class MultiRaftHost:
         about the same time, and every group on the agent waits while the
         loop serialises it and while the store commits it (a kv map of
         280,000 keys: ~25 ms, then a 12 MB commit of 40-70 ms). Taking one
-        only once the log since the last has grown as large (estimated at
-        `_ENTRY_BYTES` an entry) keeps what snapshots write to about what the
-        log does, however large the state (the Raft dissertation's rule, 5.1).
-        A small state still snapshots every `snapshot_every` entries.
+        only once the log since the last has grown as large (its commands'
+        encoded sizes, `Replica.log_bytes`) keeps what snapshots write to
+        about what the log does, however large the state (the Raft
+        dissertation's rule, 5.1), and the log's memory to about the state's,
+        whatever the commands weigh. A small state still snapshots every
+        `snapshot_every` entries.
         """
         since = r.applier.applied_index - r.member.log.offset
-        return since >= self.snapshot_every and since * _ENTRY_BYTES >= r.snapshot_bytes
+        return since >= self.snapshot_every and r.log_bytes >= r.snapshot_bytes
 
     # ------------------------------------------------------------ messages
 

@@ -107,6 +107,7 @@ class Replica:
         "group",
         "known_leader",
         "leader_since_s",
+        "log_bytes",
         "member",
         "meta",
         "proposals",
@@ -133,6 +134,7 @@ class Replica:
         self.created_s = self.leader_since_s  # created or loaded by this process
         self.batch_avg = 1.0  # running mean of entries per Ready that had any (the loop's)
         self.snapshot_bytes = 0  # size of the last snapshot taken or restored (the loop's)
+        self.log_bytes = 0  # size of the entries applied past the log's offset (see apply)
         self.snapshot_job: SnapshotJob | None = None  # a snapshot being packed (the loop's)
 
     def propose(self, data: object) -> Waiter:
@@ -150,6 +152,7 @@ class Replica:
 
     def apply(self, entry: Entry) -> None:
         result = self.applier.apply(entry)
+        self.log_bytes += entry_bytes(entry)
         waiting = self.proposals.pop(entry.index, None)
         if waiting is None:
             return
@@ -197,6 +200,17 @@ class Replica:
         self.proposals.clear()
         self.reads_pending.clear()
         self.reads_ready.clear()
+
+
+# What an entry whose data is not bytes (NOOP, CONFIG, a command stored
+# before commands were kept encoded) counts for in `Replica.log_bytes`.
+ENTRY_BYTES_DEFAULT = 64
+
+
+def entry_bytes(entry: Entry) -> int:
+    """The size an entry counts for when weighing the log against a snapshot."""
+    data = entry.data
+    return len(data) if type(data) is bytes else ENTRY_BYTES_DEFAULT
 
 
 def is_result(value: object) -> bool:

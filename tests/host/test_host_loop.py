@@ -457,28 +457,54 @@ async def test_entries_a_snapshot_compacts_are_freed_a_slice_per_turn(
 async def test_a_large_state_waits_for_a_log_as_large_before_its_next_snapshot(
     nursery: trio.Nursery,
 ) -> None:
-    """Every 50 entries for a counter; for a 6.4 KB map, only once the log since is as large."""
+    """Every 50 entries for a counter; for a 6.4 KB map, once the log since weighs
+    as much, counting each command's encoded size: 50 commands of ~230 bytes
+    are enough, 110 of ~30 bytes are not."""
     opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
     fabric = await _start(nursery, opts, snapshot_every=50)
-    await _create(fabric, "small")
-    await _create(fabric, "big", data_type="kv")
-    for g in ("small", "big"):
-        lead = await _leader(fabric, g)
-        arg: object = ["put", "blob", "x" * 6_400] if g == "big" else "inc"
-        for i in range(1, 161):
-            assert (await lead.command(g, arg, "c", i, timeout_s=2)).ok
-            arg = ["put", f"k{i}", i] if g == "big" else "inc"
+    await _create(fabric, "counter")
+    for g in ("heavy", "light"):
+        await _create(fabric, g, data_type="kv")
     hosts = fabric.hosts.values()
-    await _until(lambda: all(h.replicas["big"].applier.applied_index >= 161 for h in hosts))
-    for h in fabric.hosts.values():
-        small, big = h.replicas["small"], h.replicas["big"]
-        assert small.member.log.offset >= 150  # snapshots at 50, 100 and 150
-        # The first at 50 (no snapshot before it); the map was then over
-        # 6.4 KB, so the next needs over 6,400 / 64 = 100 entries more: none
-        # at 100 or at 150, one after 150.
-        assert big.snapshot_bytes > 6_400
-        assert 150 < big.member.log.offset <= 161
-        assert h.metrics.snapshots_taken.value == 3 + 2
+    # A compare-and-set that fails leaves the map as it is and replies False:
+    # only the log grows, by the size of the command.
+    args = {
+        "counter": "inc",
+        "heavy": ["cas", "absent", "x" * 200, "y"],
+        "light": ["cas", "absent", "x", "y"],
+    }
+
+    async def run(g: str, seqs: range) -> None:
+        lead = await _leader(fabric, g)
+        for i in seqs:
+            arg = ["put", "blob", "x" * 6_400] if (g != "counter" and i == 1) else args[g]
+            assert (await lead.command(g, arg, "c", i, timeout_s=2)).ok
+        last = seqs[-1] + 1  # the leader's first entry comes before the commands
+        await _until(lambda: all(h.replicas[g].applier.applied_index >= last for h in hosts))
+
+    for g in args:
+        await run(g, range(1, 121))
+    for h in hosts:
+        heavy, light = h.replicas["heavy"], h.replicas["light"]
+        assert heavy.snapshot_bytes > 6_400
+        # The first at 50 (none before it), the next 50 entries later: they
+        # weigh over 11 KB. Counted at 64 bytes an entry they would not have.
+        assert heavy.member.log.offset >= 100
+        assert light.member.log.offset < 100
+    for g in args:
+        await run(g, range(121, 161))
+    for h in hosts:
+        counter, heavy, light = (h.replicas[g] for g in args)
+        assert counter.member.log.offset >= 150  # snapshots at 50, 100 and 150
+        assert heavy.member.log.offset >= 150
+        # 110 light commands since the first snapshot weigh ~3.3 KB: no
+        # second one (at 64 bytes an entry there would have been).
+        assert light.member.log.offset < 100
+        log = light.member.log
+        assert light.log_bytes == sum(
+            len(e.data) if type(e.data) is bytes else 64
+            for e in log.slice(log.offset + 1, light.applier.applied_index + 1)
+        )
 
 
 async def test_a_large_kv_map_is_snapshotted_a_slice_per_turn(
