@@ -4,23 +4,53 @@ No I/O. The host persists what `take_unstable` hands out and reports back
 with `mark_persisted`; the log remembers which prefix is known durable so the
 leader only counts durable entries of its own toward a quorum.
 
-Index arithmetic: entries[k] has index `offset + 1 + k`; `offset` is the
-snapshot's index (0 for none) and `offset_term` its term.
+Index arithmetic: the k-th item held has index `offset + 1 + k`; `offset`
+is the snapshot's index (0 for none) and `offset_term` its term.
+
+Items up to `settled` are kept as plain `(term, index, kind, data)` tuples,
+the newer ones as the `Entry` objects they arrived as. A large state's log
+holds hundreds of thousands of entries until its next snapshot, and the
+cyclic collector walks every `Entry` of a generation each time it collects
+it (~100 ms for 600,000), while a tuple of untracked items (ints, bytes)
+leaves its lists at the first collection. The recent tail, which the
+leader's appends and the applier read, stays as it is, so the hot path
+builds nothing; older entries are turned into tuples `SETTLE_BATCH` at a
+time and built again only if a lagging follower needs them.
 """
 
 from __future__ import annotations
 
+from typing import Final
+
 from raftfleet_agent.raft.errors import SafetyViolation
-from raftfleet_agent.raft.types import Entry
+from raftfleet_agent.raft.types import Entry, EntryKind
+
+Row = tuple[int, int, int, object]  # (term, index, kind as a plain int, data)
+SETTLE_BATCH: Final = 4096  # entries turned into rows at a time; as many stay Entry objects
+_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
+
+
+def _entry(r: Row) -> Entry:
+    return Entry(r[0], r[1], _KINDS[r[2]], r[3])
 
 
 class RaftLog:
-    __slots__ = ("_min_truncated", "entries", "offset", "offset_term", "persisted", "unstable_from")
+    __slots__ = (
+        "_items",
+        "_min_truncated",
+        "offset",
+        "offset_term",
+        "persisted",
+        "settled",
+        "unstable_from",
+    )
 
     def __init__(self, offset: int = 0, offset_term: int = 0, entries: tuple[Entry, ...] = ()):
         self.offset = offset
         self.offset_term = offset_term
-        self.entries: list[Entry] = list(entries)
+        # Rows up to index `settled`, Entry objects after it (see the module's doc).
+        self._items: list[Row | Entry] = list(entries)
+        self.settled = offset
         # Invariant: offset <= persisted <= last_index; entries up to `persisted` are durable.
         self.persisted = self.last_index
         # Entries with index >= unstable_from were not yet handed to the host.
@@ -29,32 +59,43 @@ class RaftLog:
         self._min_truncated: int | None = None
 
     @property
+    def entries(self) -> list[Entry]:
+        """Every entry held, as Entry objects (for recovery's scans and tests)."""
+        return self.slice(self.offset + 1, self.last_index + 1)
+
+    @property
     def first_index(self) -> int:
         return self.offset + 1
 
     @property
     def last_index(self) -> int:
-        return self.offset + len(self.entries)
+        return self.offset + len(self._items)
 
     @property
     def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.offset_term
+        return self.term_at(self.last_index)  # type: ignore[return-value]
 
     def term_at(self, index: int) -> int | None:
         """The term of the entry at `index`; None if compacted away (below offset) or absent."""
         if index == self.offset:
             return self.offset_term
         k = index - self.offset - 1
-        if 0 <= k < len(self.entries):
-            return self.entries[k].term
+        if 0 <= k < len(self._items):
+            item = self._items[k]
+            return item[0] if index <= self.settled else item.term  # type: ignore[union-attr,index,return-value]
         return None
 
     def entry(self, index: int) -> Entry:
-        return self.entries[index - self.offset - 1]
+        item = self._items[index - self.offset - 1]
+        return _entry(item) if index <= self.settled else item  # type: ignore[arg-type,return-value]
 
     def slice(self, lo: int, hi: int) -> list[Entry]:
         """Entries with lo <= index < hi (lo must be >= first_index)."""
-        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
+        items = self._items[lo - self.offset - 1 : hi - self.offset - 1]
+        if lo > self.settled:
+            return items  # type: ignore[return-value]  # the recent tail: Entry objects
+        rows = min(self.settled, hi - 1) - lo + 1
+        return [_entry(r) for r in items[:rows]] + items[rows:]  # type: ignore[arg-type,operator]
 
     def matches(self, index: int, term: int) -> bool:
         return self.term_at(index) == term
@@ -67,7 +108,9 @@ class RaftLog:
 
     def append(self, entry: Entry) -> None:
         assert entry.index == self.last_index + 1, (entry.index, self.last_index)
-        self.entries.append(entry)
+        self._items.append(entry)
+        if entry.index - self.settled >= 2 * SETTLE_BATCH:
+            self._settle()
 
     def merge(self, entries: tuple[Entry, ...], committed: int) -> int | None:
         """Append a leader's entries that follow a matching prev entry.
@@ -86,14 +129,26 @@ class RaftLog:
                 if e.index <= committed:
                     raise SafetyViolation(f"conflict at committed index {e.index}")
                 self.truncate_from(e.index)
-            self.entries.extend(entries[k:])
+            self._items.extend(entries[k:])
+            if self.last_index - self.settled >= 2 * SETTLE_BATCH:
+                self._settle()
             return e.index if t is not None else None
         return None
+
+    def _settle(self) -> None:
+        """Turn the oldest Entry objects into rows, keeping the newest SETTLE_BATCH as they are."""
+        upto = self.last_index - SETTLE_BATCH
+        items, base = self._items, self.offset + 1
+        for k in range(self.settled + 1 - base, upto + 1 - base):
+            e = items[k]
+            items[k] = (e.term, e.index, int(e.kind), e.data)  # type: ignore[union-attr]
+        self.settled = upto
 
     def truncate_from(self, index: int) -> None:
         """Drop every entry with index >= `index`."""
         assert index > self.offset
-        del self.entries[index - self.offset - 1 :]
+        del self._items[index - self.offset - 1 :]
+        self.settled = min(self.settled, index - 1)
         self.persisted = min(self.persisted, index - 1)
         self.unstable_from = min(self.unstable_from, index)
         if self._min_truncated is None or index < self._min_truncated:
@@ -118,17 +173,18 @@ class RaftLog:
             last = min(last, self._min_truncated - 1)
         self.persisted = max(self.persisted, min(last, self.last_index))
 
-    def compact(self, index: int, term: int) -> list[Entry]:
-        """Forget entries up to `index`, now covered by a snapshot; returns them.
+    def compact(self, index: int, term: int) -> list[Row | Entry]:
+        """Forget entries up to `index`, now covered by a snapshot; returns them (as held).
 
         The caller decides when they are freed: thousands of entries freed at
         once take milliseconds of one turn (see `MultiRaftHost`).
         """
         if index <= self.offset:
             return []
-        dropped = self.entries[: index - self.offset]
-        del self.entries[: index - self.offset]
+        dropped = self._items[: index - self.offset]
+        del self._items[: index - self.offset]
         self.offset, self.offset_term = index, term
+        self.settled = max(self.settled, index)
         self.persisted = max(self.persisted, index)
         self.unstable_from = max(self.unstable_from, index + 1)
         return dropped
@@ -138,8 +194,9 @@ class RaftLog:
         if self.term_at(index) == term and index >= self.offset:
             self.compact(index, term)
             return
-        self.entries = []
+        self._items = []
         self.offset, self.offset_term = index, term
+        self.settled = index
         self.persisted = index
         self.unstable_from = index + 1
         # Entries above `index` that the host may still be writing (handed out

@@ -48,7 +48,7 @@ from raftfleet_agent.raft.errors import (
     SafetyViolation,
     TransferError,
 )
-from raftfleet_agent.raft.log import RaftLog
+from raftfleet_agent.raft.log import RaftLog, Row
 from raftfleet_agent.raft.membership import ConfOp, apply_change
 from raftfleet_agent.raft.progress import Progress, ProgressState
 from raftfleet_agent.raft.quorum import quorum_index, quorum_size, vote_result
@@ -1389,7 +1389,7 @@ class RaftMember:
 
     # ------------------------------------------------------------ snapshots
 
-    def compact(self, index: int, data: bytes) -> list[Entry]:
+    def compact(self, index: int, data: bytes) -> list[Row | Entry]:
         """The host took a snapshot of the state machine at `index` (<= applied).
 
         Returns the entries compacted away, for the host to free when it suits it.
