@@ -17,6 +17,7 @@ from raftfleet_agent.raft.errors import NotLeader
 from raftfleet_agent.raft.member import RaftOptions
 from raftfleet_agent.raft.types import Config, EntryKind, ReplicaId, Snapshot
 from raftfleet_agent.statemachine import builtin
+from raftfleet_agent.statemachine.applier import SnapshotJob
 from raftfleet_agent.storage import DurableCallback, MemoryLogStore, WriteBatch
 
 AGENTS = ["a1", "a2", "a3"]
@@ -542,6 +543,64 @@ async def test_a_large_kv_map_is_snapshotted_a_slice_per_turn(
     await _until(lambda: late.applier.applied_index >= lead_r.applier.applied_index)
     assert fabric.hosts[behind].metrics.snapshots_installed.value >= 1
     assert late.applier.state == lead_r.applier.state == {f"k{i}": i for i in range(1, 200)}
+
+
+async def test_a_packed_snapshot_is_joined_off_the_loop(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a large snapshot's slices are joined (held here on its thread), the
+    loop serves commands and compacts nothing; once joined, the log is compacted
+    at the index the copy was taken at. A replica dropped meanwhile is not."""
+    monkeypatch.setattr(builtin, "KV_SLICE_KEYS", 5)
+    release = threading.Event()
+    joining = threading.Event()
+    result = SnapshotJob.result
+
+    def held(job: SnapshotJob) -> bytes:
+        if threading.current_thread() is threading.main_thread():
+            return result(job)  # whole snapshots, taken at once, are not held
+        joining.set()
+        release.wait(10)
+        return result(job)
+
+    monkeypatch.setattr(SnapshotJob, "result", held)
+    opts = RaftOptions(election_ticks=10, heartbeat_ticks=1)
+    fabric = await _start(nursery, opts, snapshot_every=60)
+    await _create(fabric, "kv", data_type="kv")
+    lead = await _leader(fabric, "kv")
+    r = lead.replicas["kv"]
+    seq = 0
+    while not joining.is_set():
+        seq += 1
+        assert (await lead.command("kv", ["put", f"k{seq}", seq], "c", seq, timeout_s=2)).ok
+        assert seq < 200
+    job = r.snapshot_job
+    assert job is not None and job.done
+    for _ in range(20):  # the loop goes on while the join is out
+        seq += 1
+        assert (await lead.command("kv", ["put", f"k{seq}", seq], "c", seq, timeout_s=2)).ok
+    assert r.member.log.offset == 0 and r.snapshot_job is job
+    release.set()
+    await _until(lambda: r.member.log.offset == job.index)
+    assert r.snapshot_job is None and r.snapshot_bytes > 0
+    assert lead.metrics.snapshots_taken.value == 1
+
+    # Dropped while its join is out: the joined bytes are let go.
+    release.clear()
+    joining.clear()
+    follower = next(h for h in fabric.hosts.values() if h is not lead)
+    fr = follower.replicas["kv"]
+    while not (joining.is_set() and fr.snapshot_job is not None and fr.snapshot_job.done):
+        seq += 1
+        assert (await lead.command("kv", ["put", f"k{seq}", seq], "c", seq, timeout_s=2)).ok
+        assert seq < 400
+    taken = follower.metrics.snapshots_taken.value
+    offset = fr.member.log.offset
+    await follower.drop_replica("kv")
+    release.set()
+    await trio.sleep(0.1)  # let a stray compaction show, if there were one
+    assert follower.metrics.snapshots_taken.value == taken
+    assert fr.member.log.offset == offset
 
 
 class StagingStore(MemoryLogStore):
