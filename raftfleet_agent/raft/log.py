@@ -51,6 +51,8 @@ class RaftLog:
         # Rows up to index `settled`, Entry objects after it (see the module's doc).
         self._items: list[Row | Entry] = list(entries)
         self.settled = offset
+        if len(self._items) >= 2 * SETTLE_BATCH:
+            self._settle()  # a long log recovered at start: now, not on the first append
         # Invariant: offset <= persisted <= last_index; entries up to `persisted` are durable.
         self.persisted = self.last_index
         # Entries with index >= unstable_from were not yet handed to the host.

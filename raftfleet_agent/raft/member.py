@@ -217,7 +217,8 @@ class RaftMember:
         hs = hard_state or HardState()
         self.snapshot = snapshot
         offset, offset_term = (snapshot.meta.index, snapshot.meta.term) if snapshot else (0, 0)
-        self.log = RaftLog(offset, offset_term, tuple(entries))
+        entries = tuple(entries)
+        self.log = RaftLog(offset, offset_term, entries)
         self.term = hs.term
         self.vote = hs.vote
         # Invariant: applied <= commit <= log.last_index; commit never decreases.
@@ -234,7 +235,7 @@ class RaftMember:
         # Config history: (index, config) ascending; [0] is the snapshot's.
         base = snapshot.meta.config if snapshot else Config()
         self._configs: list[tuple[int, Config]] = [(offset, base)]
-        self._add_configs(self.log.entries)
+        self._add_configs(entries)
         self._was_member = self.id in self.config.members
         self.removed = False
         self.quiescent = False

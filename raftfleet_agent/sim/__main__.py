@@ -16,6 +16,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 
+from raftfleet_agent.raft import log as raft_log
 from raftfleet_agent.raft.member import RaftMember
 from raftfleet_agent.sim.checker import SimViolation
 from raftfleet_agent.sim.cluster import PROFILES, Simulation
@@ -32,8 +33,12 @@ def _load_member(spec: str | None) -> type[RaftMember]:
     return cls
 
 
-def _one(args: tuple[int, int, str, str | None]) -> dict:
-    seed, steps, profile, member = args
+def _one(args: tuple[int, int, str, str | None, int | None]) -> dict:
+    seed, steps, profile, member, settle = args
+    if settle is not None:
+        # Logs here stay short: settle every few entries so that the tuples
+        # older entries are kept as are exercised too (raft/log.py).
+        raft_log.SETTLE_BATCH = settle
     sim = Simulation(seed, factory=_load_member(member), **PROFILES[profile](seed))
     try:
         r = sim.run(steps)
@@ -73,14 +78,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PKG.MOD:CLASS",
         help="simulate this RaftMember subclass (to check a variant or a planted bug)",
     )
+    p.add_argument(
+        "--settle-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep log entries older than the newest N as tuples, N at a time (default 4096)",
+    )
     p.add_argument("--trace", action="store_true", help="print the trace of every failing seed")
     a = p.parse_args(argv)
     if a.seeds < 1 or a.steps < 1 or a.jobs < 1:
         p.error("--seeds, --steps and --jobs must be positive")
+    if a.settle_batch is not None and a.settle_batch < 1:
+        p.error("--settle-batch must be positive")
     seeds = [a.seed] if a.seed is not None else list(range(a.first_seed, a.first_seed + a.seeds))
     t0 = time.monotonic()
     _load_member(a.member)  # fail early on a bad --member
-    work = [(s, a.steps, a.profile, a.member) for s in seeds]
+    work = [(s, a.steps, a.profile, a.member, a.settle_batch) for s in seeds]
     if a.jobs == 1 or len(seeds) == 1:
         results = [_one(w) for w in work]
     else:

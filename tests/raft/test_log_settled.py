@@ -151,3 +151,14 @@ def test_a_truncation_below_the_settled_point_keeps_the_log_consistent() -> None
         assert [log.term_at(i) for i in range(1, 9)] == [1, 1, 1, 1, 2, 2, 2, 2]
         with pytest.raises(SafetyViolation):
             log.merge((entry(3, 3),), committed=4)
+
+
+def test_a_long_log_recovered_at_start_is_settled_at_once() -> None:
+    recovered = tuple(entry(1, i) for i in range(11, 31))  # after a snapshot at 10
+    with settling_every(4):
+        log = RaftLog(10, 1, recovered)
+        assert log.settled == 26
+        assert (log.offset, log.last_index, log.last_term) == (10, 30, 1)
+        assert log.entries == list(recovered)
+        assert [log.term_at(i) for i in range(9, 32)] == [None] + [1] * 21 + [None]
+        assert log.persisted == 30 and log.unstable_from == 31

@@ -37,6 +37,20 @@ def test_churn_profile_passes() -> None:
     assert summary["violations"] == 0
 
 
+def test_a_log_that_keeps_older_entries_as_tuples_passes() -> None:
+    """The simulator's logs stay short: settle every 2 entries, so that the
+    tuples a long log keeps its older entries as are replicated, truncated,
+    compacted and sent to lagging followers too."""
+    code, summary, err = _sim("--seeds", "150", "--steps", "1000", "--settle-batch", "2")
+    assert code == 0, err[-3000:]
+    assert summary["violations"] == 0 and summary["commands_acked"] > 5_000
+    code, summary, err = _sim(
+        "--seeds", "50", "--steps", "1000", "--settle-batch", "2", "--profile", "churn"
+    )
+    assert code == 0, err[-3000:]
+    assert summary["violations"] == 0
+
+
 def test_a_violation_exits_non_zero_with_seed_and_trace() -> None:
     code, summary, err = _sim(
         "--seeds",
