@@ -15,6 +15,7 @@ import msgpack
 
 from raftfleet_agent.raft import messages as m
 from raftfleet_agent.raft.types import (
+    ENTRY_KINDS,
     Config,
     Entry,
     EntryKind,
@@ -86,13 +87,9 @@ def encode_entry(e: Entry) -> list:
     return [e.term, e.index, int(e.kind), data]
 
 
-# A dict lookup, not `EntryKind(k)`: an enum call per entry showed in profiles.
-_ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
-
-
 def decode_entry(v: object) -> Entry:
     term, index, kind, data = _seq(v, "entry", 4)
-    k = _ENTRY_KINDS.get(kind) if type(kind) is int else None
+    k = ENTRY_KINDS.get(kind) if type(kind) is int else None
     if k is None:
         raise CodecError(f"entry kind: unknown {kind!r:.40}")
     if k is EntryKind.CONFIG:

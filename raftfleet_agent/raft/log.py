@@ -23,15 +23,14 @@ from __future__ import annotations
 from typing import Final
 
 from raftfleet_agent.raft.errors import SafetyViolation
-from raftfleet_agent.raft.types import Entry, EntryKind
+from raftfleet_agent.raft.types import ENTRY_KINDS, Entry
 
 Row = tuple[int, int, int, object]  # (term, index, kind as a plain int, data)
 SETTLE_BATCH: Final = 4096  # entries turned into rows at a time; as many stay Entry objects
-_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
 
 
 def _entry(r: Row) -> Entry:
-    return Entry(r[0], r[1], _KINDS[r[2]], r[3])
+    return Entry(r[0], r[1], ENTRY_KINDS[r[2]], r[3])
 
 
 class RaftLog:

@@ -38,6 +38,11 @@ class EntryKind(enum.IntEnum):
     CONFIG = 2  # data is a `Config`; takes effect when appended
 
 
+# Kind numbers (wire, store rows, the log's tuples) to kinds: a dict lookup,
+# not `EntryKind(k)`, since an enum call per entry showed in profiles.
+ENTRY_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
+
+
 @attrs.frozen(slots=True)
 class Entry:
     term: int

@@ -20,6 +20,7 @@ import msgpack
 
 from raftfleet_agent.raft.codec import CodecError, decode_config, encode_config, packb, unpackb
 from raftfleet_agent.raft.types import (
+    ENTRY_KINDS,
     Entry,
     EntryKind,
     HardState,
@@ -28,9 +29,6 @@ from raftfleet_agent.raft.types import (
     SnapshotMeta,
 )
 from raftfleet_agent.storage.api import GroupWrite
-
-# Indexed by the stored kind number; a lookup instead of EntryKind(k) on the hot path.
-_KINDS: dict[int, EntryKind] = {int(k): k for k in EntryKind}
 
 EntryRow = tuple[str, int, int, int, bytes]  # group, index, term, kind, data blob
 HardStateRow = tuple[
@@ -100,7 +98,7 @@ def decode_entry_rows(rows: list[EntryRow]) -> tuple[Entry, ...]:
     out = []
     append = out.append
     config = EntryKind.CONFIG
-    kinds = _KINDS
+    kinds = ENTRY_KINDS
     unpack = msgpack.unpackb
     try:
         for _g, index, term, kind, blob in rows:
